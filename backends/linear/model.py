@@ -1,0 +1,70 @@
+"""Apply `LoRALinear` to the modules a regex list selects, and fold it back for export."""
+from __future__ import annotations
+
+from typing import Any
+
+import torch
+from torch import nn
+
+from backends.linear.layer import LoRALinear
+from backends.registry import AdapterSpec, Applied, match_targets, set_submodule
+
+
+def _lora_layers(model: nn.Module) -> list[tuple[str, LoRALinear]]:
+    return [(n, m) for n, m in model.named_modules() if isinstance(m, LoRALinear)]
+
+
+class LinearBackend:
+    name = "linear"
+    mergeable = True
+
+    def apply(self, model: nn.Module, spec: AdapterSpec) -> Applied:
+        names, notes = match_targets(model, spec.targets)
+        for name in names:
+            base = model.get_submodule(name)
+            set_submodule(model, name, LoRALinear(base, spec.r, spec.alpha, spec.dropout))
+        return Applied(modules=names, notes=notes)
+
+    def trainable_parameters(self, model: nn.Module) -> list[tuple[str, nn.Parameter]]:
+        return [(n, p) for n, p in model.named_parameters() if ".lora_A." in n or ".lora_B." in n]
+
+    def adapter_state_dict(self, model: nn.Module) -> dict[str, torch.Tensor]:
+        return {n: p.detach().clone() for n, p in self.trainable_parameters(model)}
+
+    def load_adapter_state_dict(self, model: nn.Module, state: dict[str, torch.Tensor]) -> None:
+        own = dict(self.trainable_parameters(model))
+        missing = sorted(set(own) - set(state))
+        unexpected = sorted(set(state) - set(own))
+        if missing or unexpected:
+            raise KeyError(f"adapter keys do not match: missing {missing[:5]} ({len(missing)}), "
+                           f"unexpected {unexpected[:5]} ({len(unexpected)})")
+        with torch.no_grad():
+            for name, value in state.items():
+                own[name].copy_(value.to(own[name].dtype))
+
+    def set_enabled(self, model: nn.Module, enabled: bool) -> None:
+        for _, layer in _lora_layers(model):
+            layer.enabled = enabled
+
+    def merge(self, model: nn.Module) -> None:
+        """Fold every adapter into its base weight (fp32 delta) and put the plain `nn.Linear` back.
+
+        All deltas are checked before any weight changes, so a bad adapter never leaves a half-merged model.
+        """
+        layers = _lora_layers(model)
+        for name, layer in layers:
+            if not torch.isfinite(layer.delta_weight()).all():
+                raise ValueError(f"LoRA weights of {name} are not finite: refusing to merge")
+        for name, layer in layers:
+            layer.merge()
+            set_submodule(model, name, layer.base_layer)
+
+    def describe(self, model: nn.Module) -> dict[str, Any]:
+        layers = _lora_layers(model)
+        return {
+            "backend": self.name,
+            "adapted_modules": len(layers),
+            "trainable_params": sum(p.numel() for _, p in self.trainable_parameters(model)),
+            "rank": layers[0][1].r if layers else None,
+            "scaling": layers[0][1].scaling if layers else None,
+        }

@@ -1,0 +1,1 @@
+"""Training core shared by every LoRA backend: data, model loading, trainer, telemetry, export, verification."""

@@ -1,0 +1,72 @@
+"""Per-step telemetry: `[MEM:stepN]` lines, `metrics.jsonl` records, and the non-finite loss guard."""
+from __future__ import annotations
+
+import math
+
+import torch
+from lightning.pytorch.callbacks import Callback
+
+from common.telemetry import MetricsLog, memory_snapshot, mem_line
+
+
+class MetricsCallback(Callback):
+    """One record per optimizer step (mean loss over its micro-batches, lr, memory, audio seconds).
+
+    The loss is summed on the device and read once per optimizer step: one host sync per step, not per
+    micro-batch.
+    """
+
+    def __init__(self, log: MetricsLog, mem_every: int = 50):
+        self.metrics = log
+        self.mem_every = mem_every
+        self._loss_sum = None
+        self._audio_sum = None
+        self._micro = 0
+        self._step_at_start = -1
+        self.audio_seconds = 0.0
+
+    def on_train_start(self, trainer, pl_module) -> None:
+        if torch.cuda.is_available():
+            torch.cuda.reset_peak_memory_stats()
+
+    def on_train_batch_start(self, trainer, pl_module, batch, batch_idx) -> None:
+        self._step_at_start = trainer.global_step
+        # first batch after a resume: put the RNG exactly where the saved run had it
+        pl_module.restore_rng()
+
+    def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx) -> None:
+        loss = outputs["loss"] if isinstance(outputs, dict) else outputs
+        loss = loss.detach() * trainer.accumulate_grad_batches  # Lightning scaled it for accumulation
+        self._loss_sum = loss if self._loss_sum is None else self._loss_sum + loss
+        audio = getattr(pl_module, "_audio_s", None)
+        if audio is not None:
+            self._audio_sum = audio if self._audio_sum is None else self._audio_sum + audio
+        self._micro += 1
+        if trainer.global_step == self._step_at_start:
+            return  # still accumulating
+        step = trainer.global_step
+        mean_loss = float(self._loss_sum) / self._micro
+        audio_s = float(self._audio_sum) if self._audio_sum is not None else 0.0
+        self.audio_seconds += audio_s
+        self._loss_sum, self._audio_sum, self._micro = None, None, 0
+        snap = memory_snapshot()
+        lr = trainer.optimizers[0].param_groups[0]["lr"]
+        mem = snap.get("alloc", snap.get("rss"))
+        peak = snap.get("peak", snap.get("rss"))
+        self.metrics.write("train", step=step, loss=mean_loss, lr=lr, audio_s=round(audio_s, 3), mem_gb=round(mem, 4),
+                       peak_gb=round(peak, 4), epoch=trainer.current_epoch)
+        pl_module.log("train_loss", mean_loss, prog_bar=True, on_step=True, on_epoch=False)
+        if self.mem_every and step % self.mem_every == 0:
+            print(mem_line(f"step{step}", snap), flush=True)
+        if not math.isfinite(mean_loss):
+            from common.train import NonFiniteLoss
+
+            raise NonFiniteLoss(step, mean_loss)
+
+
+def oom_message(cfg) -> str:
+    return (f"CUDA out of memory with --bs {cfg.bs} --accum {cfg.accum} (max clip {cfg.max_duration:g} s, precision "
+            f"{cfg.precision or 'bf16'}). Try a smaller --bs with a larger --accum (same effective batch "
+            f"{cfg.bs * cfg.accum}, e.g. --bs {max(1, cfg.bs // 2)} --accum {cfg.accum * 2}), a shorter "
+            f"--max_duration (e.g. 20), or find the largest batch that fits with `just tune-batch`. Checkpoints "
+            f"written so far are kept in {cfg.exp_dir}/checkpoints; continue with --resume auto.")

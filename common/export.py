@@ -1,0 +1,75 @@
+"""Merge adapters into the base weights and export a `.nemo` that `EncDecMultiTaskModel.restore_from()` loads.
+
+The check after export is numeric, not just "it loads": the restored model's outputs on a fixed batch must
+equal the trained (unmerged) model's within tolerance, and its state-dict keys must equal the base's.
+"""
+from __future__ import annotations
+
+from pathlib import Path
+
+import torch
+
+from common import model_io
+from common.preflight import NemoInfo
+
+TOLERANCE = 1e-4  # fp32 on CPU; merged vs unmerged differ by ~1e-6 on the tiny model
+
+
+def fixed_batch(loader, max_items: int = 2):
+    """The first validation batch, cut to a few utterances, on CPU."""
+    batch = next(iter(loader))
+    n = min(max_items, batch.audio.shape[0])
+    from dataclasses import fields, replace
+
+    return replace(batch, **{f.name: getattr(batch, f.name)[:n] for f in fields(batch)
+                             if isinstance(getattr(batch, f.name), torch.Tensor)})
+
+
+@torch.no_grad()
+def log_probs(model, batch) -> torch.Tensor:
+    """Teacher-forced log-probabilities on `batch`, fp32, eval mode: the quantity compared across exports."""
+    model.eval()
+    input_ids, _ = batch.get_decoder_inputs_outputs()
+    out, _, _, _ = model(input_signal=batch.audio, input_signal_length=batch.audio_lens, transcript=input_ids,
+                         transcript_length=batch.prompted_transcript_lens - 1)
+    return out.detach().clone().float()  # clone drops NeMo's neural_type attribute
+
+
+def state_keys(model) -> set[str]:
+    return set(model.state_dict().keys())
+
+
+def export_model(module, backend, info: NemoInfo, out: Path, val_loader,
+                 base_keys: set[str] | None = None) -> tuple[Path, list[str], dict]:
+    """Merge (or, for unmergeable backends, keep adapters), save, restore and compare. Returns the export path,
+    the source-archive members copied over, and the check's figures."""
+    from nemo.collections.asr.models import EncDecMultiTaskModel
+
+    model = module.model
+    model.cpu().float()
+    batch = fixed_batch(val_loader)
+    reference = log_probs(model, batch)
+    if backend is not None:
+        # mergeable backends fold adapters into the weights; NeMo adapters stay modules, and merge() makes the
+        # config name their classes so the archive restores with stock restore_from
+        backend.merge(model)
+    merged = log_probs(model, batch)
+    kept = model_io.save_nemo(model, out, source=info)
+    print(f"[export] wrote {out}" + (f" (kept from the source archive: {', '.join(kept)})" if kept else ""), flush=True)
+    restored = EncDecMultiTaskModel.restore_from(str(out), map_location="cpu")
+    restored_out = log_probs(restored, batch)
+    check = {
+        "merge_max_abs_diff": float((merged - reference).abs().max()),
+        "restore_max_abs_diff": float((restored_out - reference).abs().max()),
+        "keys_equal_base": state_keys(restored) == (base_keys or state_keys(model)),
+        "keys_cover_base": (base_keys or set()) <= state_keys(restored),
+        "lora_keys_left": sorted(k for k in state_keys(restored) if "lora_" in k)[:5],
+        "tolerance": TOLERANCE,
+    }
+    check["ok"] = (check["restore_max_abs_diff"] <= TOLERANCE and check["merge_max_abs_diff"] <= TOLERANCE
+                   and check["keys_cover_base"] and not check["lora_keys_left"]
+                   and (check["keys_equal_base"] or (backend is not None and not backend.mergeable)))
+    print(f"[export] restore check: {'OK' if check['ok'] else 'FAILED'} (max |diff| restored vs trained "
+          f"{check['restore_max_abs_diff']:.2e}, tolerance {TOLERANCE:g})", flush=True)
+    del restored
+    return out, kept, check

@@ -1,0 +1,198 @@
+"""The LightningModule that trains a Canary model's adapters (or all of it, in full fine-tuning mode).
+
+It wraps the NeMo model instead of using NeMo's own training_step, so the optimizer sees only trainable
+parameters, checkpoints hold only what trains, BatchNorm statistics stay frozen, and validation reports
+both teacher-forced loss and greedy-decoding WER.
+"""
+from __future__ import annotations
+
+import math
+import random
+import re
+from dataclasses import dataclass
+from typing import Any
+
+import lightning.pytorch as pl
+import numpy as np
+import torch
+from torch import nn
+
+_SPECIAL = re.compile(r"<\|[^|]*\|>")
+
+
+def compute_loss(model, batch) -> tuple[torch.Tensor, torch.Tensor]:
+    """Teacher-forced cross-entropy of one prompted batch, as NeMo's training_step computes it.
+
+    Returns the loss and the number of target tokens (for token-weighted averages).
+    """
+    input_ids, labels = batch.get_decoder_inputs_outputs()
+    input_ids_lens = batch.prompted_transcript_lens - 1
+    log_probs, _, _, _ = model(input_signal=batch.audio, input_signal_length=batch.audio_lens,
+                               transcript=input_ids, transcript_length=input_ids_lens)
+    loss = model.loss(log_probs=log_probs, labels=labels, output_mask=None)
+    return loss, (labels != model.tokenizer.pad_id).sum()
+
+
+def greedy_transcripts(model, batch) -> list[str]:
+    """Decode a batch with the model's own decoding (prompt = the batch's prompts), special tokens stripped."""
+    _, _, enc_states, enc_mask = model(input_signal=batch.audio, input_signal_length=batch.audio_lens)
+    hyps = model.decoding.decode_predictions_tensor(encoder_hidden_states=enc_states, encoder_input_mask=enc_mask,
+                                                    decoder_input_ids=batch.prompt, return_hypotheses=False)
+    return [" ".join(_SPECIAL.sub(" ", h.text if hasattr(h, "text") else str(h)).split()) for h in hyps]
+
+
+def freeze_batchnorm(model: nn.Module) -> int:
+    """Keep BatchNorm layers in eval mode so their running statistics do not drift while adapters train."""
+    count = 0
+    for m in model.modules():
+        if isinstance(m, nn.modules.batchnorm._BatchNorm):
+            m.eval()
+            count += 1
+    return count
+
+
+@dataclass(frozen=True)
+class OptimSettings:
+    lr: float = 3e-4
+    weight_decay: float = 0.0
+    warmup_steps: int = 100
+    max_steps: int = 3000
+    sched: str = "cosine"
+
+
+def lr_lambda(settings: OptimSettings):
+    """Linear warm-up, then cosine or linear decay to zero at max_steps (or constant)."""
+    warm = max(0, settings.warmup_steps)
+    total = max(1, settings.max_steps)
+
+    def f(step: int) -> float:
+        if warm and step < warm:
+            return (step + 1) / warm
+        if settings.sched == "constant":
+            return 1.0
+        progress = min(1.0, (step - warm) / max(1, total - warm))
+        if settings.sched == "linear":
+            return max(0.0, 1.0 - progress)
+        return 0.5 * (1.0 + math.cos(math.pi * progress))
+
+    return f
+
+
+class CanaryFinetune(pl.LightningModule):
+    """Trains `model`'s parameters that require grad. `backend` is None in full fine-tuning mode."""
+
+    def __init__(self, model, backend, optim: OptimSettings, *, meta: dict[str, Any] | None = None,
+                 freeze_bn: bool = True):
+        super().__init__()
+        self.model = model
+        self.backend = backend
+        self.optim = optim
+        self.meta = dict(meta or {})
+        self.freeze_bn = freeze_bn
+        self.strict_loading = False  # checkpoints hold only trainable weights
+        self.val_outputs: list[dict] = []
+        self.last_val: dict[str, float] = {}
+        self.train_sampler = None  # set by the trainer so resume can fast-forward it
+        self.listeners: list = []  # callables(kind, **fields) for per-step records
+
+    # ---- training -------------------------------------------------------------------------------
+    def trainable_names(self) -> list[str]:
+        return [f"model.{n}" for n, p in self.model.named_parameters() if p.requires_grad]
+
+    def set_train_mode(self) -> None:
+        self.model.train()
+        if self.freeze_bn:
+            freeze_batchnorm(self.model)
+
+    def on_train_start(self) -> None:
+        self.set_train_mode()
+
+    def on_train_epoch_start(self) -> None:
+        self.set_train_mode()
+
+    def training_step(self, batch, batch_idx):
+        loss, _ = compute_loss(self.model, batch)
+        # seconds of audio in this batch, summed on device: no host sync per micro-batch
+        self._audio_s = batch.audio_lens.sum() / float(self.model.sample_rate)
+        return loss
+
+    def configure_optimizers(self):
+        params = [p for p in self.model.parameters() if p.requires_grad]
+        if not params:
+            raise RuntimeError("no trainable parameters: adapters were not applied")
+        fused = torch.cuda.is_available() and all(p.is_cuda for p in params)
+        opt = torch.optim.AdamW(params, lr=self.optim.lr, weight_decay=self.optim.weight_decay,
+                                **({"fused": True} if fused else {}))
+        sched = torch.optim.lr_scheduler.LambdaLR(opt, lr_lambda(self.optim))
+        return {"optimizer": opt, "lr_scheduler": {"scheduler": sched, "interval": "step", "frequency": 1}}
+
+    # ---- validation -----------------------------------------------------------------------------
+    def on_validation_epoch_start(self) -> None:
+        self.val_outputs = []
+
+    def validation_step(self, batch, batch_idx):
+        loss, tokens = compute_loss(self.model, batch)
+        hyps = greedy_transcripts(self.model, batch)
+        refs = [" ".join(s.text for s in c.supervisions) for c in batch.cuts]
+        langs = [c.custom.get("target_lang", "") if c.custom else "" for c in batch.cuts]
+        self.val_outputs.append({"loss_sum": float(loss) * int(tokens), "tokens": int(tokens),
+                                 "refs": refs, "hyps": hyps, "langs": langs,
+                                 "ids": [c.id for c in batch.cuts]})
+
+    def on_validation_epoch_end(self) -> None:
+        from common.metrics import wer
+
+        outs = self.val_outputs
+        tokens = sum(o["tokens"] for o in outs)
+        refs = [r for o in outs for r in o["refs"]]
+        hyps = [h for o in outs for h in o["hyps"]]
+        val_loss = sum(o["loss_sum"] for o in outs) / max(1, tokens)
+        val_wer = wer(refs, hyps, mode="normalized").rate if refs else float("nan")
+        self.last_val = {"val_loss": val_loss, "val_wer": val_wer, "utterances": len(refs)}
+        self.log("val_loss", val_loss, prog_bar=True, sync_dist=True)
+        self.log("val_wer", val_wer, prog_bar=True, sync_dist=True)
+
+    # ---- checkpoints ----------------------------------------------------------------------------
+    def on_save_checkpoint(self, checkpoint: dict) -> None:
+        keep = set(self.trainable_names())
+        if self.backend is not None:  # adapters only: not a copy of the frozen base
+            checkpoint["state_dict"] = {k: v for k, v in checkpoint["state_dict"].items() if k in keep}
+        checkpoint["canary_lora"] = {
+            **self.meta,
+            "rng": {"python": random.getstate(), "numpy": np.random.get_state(), "torch": torch.get_rng_state(),
+                    "cuda": torch.cuda.get_rng_state_all() if torch.cuda.is_available() else None},
+        }
+
+    def on_load_checkpoint(self, checkpoint: dict) -> None:
+        from common.errors import UserError
+
+        info = checkpoint.get("canary_lora", {})
+        saved = set(checkpoint["state_dict"])
+        expected = set(self.trainable_names())
+        if self.backend is not None and saved != expected:
+            missing, unexpected = sorted(expected - saved), sorted(saved - expected)
+            raise UserError(
+                f"The checkpoint's adapter weights do not match this run ({len(missing)} missing, "
+                f"{len(unexpected)} unexpected; e.g. {(missing or unexpected)[:3]}). Resume with the same "
+                f"--backend, --lora_r and --lora_targets as the run that wrote it (saved: backend="
+                f"{info.get('backend')}, spec={info.get('spec')}).")
+        for key in ("backend",):
+            if key in info and key in self.meta and info[key] != self.meta[key]:
+                raise UserError(f"The checkpoint was written by backend {info[key]!r}, this run uses "
+                                f"{self.meta[key]!r}: resume with --backend {info[key]}.")
+        if info.get("base_sha256") and self.meta.get("base_sha256") and info["base_sha256"] != self.meta["base_sha256"]:
+            raise UserError(f"The checkpoint was trained on a different base model ({info.get('base_nemo')}, "
+                            f"sha256 {info['base_sha256'][:12]}...) than --nemo {self.meta.get('base_nemo')} "
+                            f"(sha256 {self.meta['base_sha256'][:12]}...). Pass the original .nemo to resume.")
+        self._restored_rng = info.get("rng")
+
+    def restore_rng(self) -> None:
+        rng = getattr(self, "_restored_rng", None)
+        if not rng:
+            return
+        random.setstate(rng["python"])
+        np.random.set_state(rng["numpy"])
+        torch.set_rng_state(rng["torch"])
+        if rng.get("cuda") is not None and torch.cuda.is_available():
+            torch.cuda.set_rng_state_all(rng["cuda"])
+        self._restored_rng = None

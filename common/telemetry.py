@@ -1,0 +1,64 @@
+"""Memory lines in the original format, and the run's append-only `metrics.jsonl`.
+
+On CUDA: `[MEM:tag] alloc=X.XXG  reserved=X.XXG  free=X.XXG  total=X.XXG  peak=X.XXG`.
+On CPU there is no device memory to report, so the line gives the process resident set size instead.
+"""
+from __future__ import annotations
+
+import json
+import os
+import time
+from pathlib import Path
+
+GB = 1024**3
+
+
+def _rss_bytes() -> int:
+    try:
+        import psutil
+
+        return psutil.Process(os.getpid()).memory_info().rss
+    except ImportError:  # pragma: no cover - psutil comes with lightning
+        import resource
+
+        return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024
+
+
+def memory_snapshot() -> dict[str, float]:
+    """Current memory figures in GB: device memory on CUDA, process RSS on CPU."""
+    import torch
+
+    if torch.cuda.is_available():
+        free, total = torch.cuda.mem_get_info()
+        return {"alloc": torch.cuda.memory_allocated() / GB, "reserved": torch.cuda.memory_reserved() / GB,
+                "free": free / GB, "total": total / GB, "peak": torch.cuda.max_memory_allocated() / GB}
+    return {"rss": _rss_bytes() / GB}
+
+
+def mem_line(tag: str, snap: dict[str, float] | None = None) -> str:
+    snap = snap or memory_snapshot()
+    if "alloc" in snap:
+        return (f"[MEM:{tag}] alloc={snap['alloc']:.2f}G  reserved={snap['reserved']:.2f}G  "
+                f"free={snap['free']:.2f}G  total={snap['total']:.2f}G  peak={snap['peak']:.2f}G")
+    return f"[MEM:{tag}] cpu rss={snap['rss']:.2f}G"
+
+
+def report_memory(tag: str) -> dict[str, float]:
+    snap = memory_snapshot()
+    print(mem_line(tag, snap), flush=True)
+    return snap
+
+
+class MetricsLog:
+    """Append-only JSONL of training and validation records; one line per event, flushed at once so a
+    crash loses at most the line being written (readers skip a broken last line)."""
+
+    def __init__(self, path: Path):
+        self.path = Path(path)
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        self.t0 = time.time()
+
+    def write(self, kind: str, **fields) -> None:
+        record = {"kind": kind, "time_s": round(time.time() - self.t0, 3), **fields}
+        with open(self.path, "a", encoding="utf-8") as f:
+            f.write(json.dumps(record, ensure_ascii=False) + "\n")

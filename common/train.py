@@ -1,0 +1,315 @@
+"""One fine-tuning run, top to bottom: check input -> load -> adapt -> train -> save -> merge/export -> report.
+
+Everything that can be checked without NeMo is checked first (manifests, the `.nemo` archive, languages,
+output folders), so bad input costs a second, not a model load.
+"""
+from __future__ import annotations
+
+import json
+import os
+import sys
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from common.config import TrainConfig, exp_paths, resolve_precision
+from common.errors import UserError
+from common.manifest import check_writable_dir, load_manifest
+from common.preflight import check_languages, inspect_nemo, sha256_file
+
+
+@dataclass
+class RunResult:
+    exp_dir: Path
+    status: str  # "finished", "interrupted", "nonfinite"
+    global_step: int
+    before: dict = field(default_factory=dict)
+    after: dict = field(default_factory=dict)
+    export: Path | None = None
+    export_check: dict = field(default_factory=dict)
+    adapted: list[str] = field(default_factory=list)
+    trainable_params: int = 0
+    wall_s: float = 0.0
+    kept_members: list[str] = field(default_factory=list)
+
+
+class NonFiniteLoss(Exception):
+    def __init__(self, step: int, value: float):
+        super().__init__(f"non-finite loss {value} at step {step}")
+        self.step, self.value = step, value
+
+
+def preflight(cfg: TrainConfig):
+    """Validate manifests, checkpoint, languages and output folders; no NeMo import."""
+    train = load_manifest(cfg.train, max_duration=cfg.max_duration, skip_bad=cfg.skip_bad)
+    val = load_manifest(cfg.val, max_duration=cfg.max_duration, skip_bad=cfg.skip_bad)
+    reg = (load_manifest(cfg.regression_manifest, max_duration=cfg.max_duration, skip_bad=cfg.skip_bad)
+           if cfg.regression_manifest else None)
+    info = inspect_nemo(cfg.nemo)
+    reports = [r for r in (train, val, reg) if r is not None]
+    check_languages(info, {str(r.path): {e.source_lang for e in r.entries} | {e.target_lang for e in r.entries}
+                           for r in reports})
+    check_writable_dir(Path(cfg.exp_dir), "--exp_dir")
+    if cfg.export_nemo:
+        check_writable_dir(Path(cfg.export_nemo).parent, "--export_nemo folder")
+    return train, val, reg, info
+
+
+def _print_reports(*reports) -> None:
+    for r in reports:
+        if r is None:
+            continue
+        print(f"[data] {r.summary()}", flush=True)
+        for note in r.notes:
+            print(f"[data]   {note}", flush=True)
+
+
+def apply_vram_budget(budget_gb: float | None) -> None:
+    import torch
+
+    if budget_gb is None or not torch.cuda.is_available():
+        return
+    total = torch.cuda.get_device_properties(0).total_memory
+    fraction = min(1.0, budget_gb * 1024**3 / total)
+    torch.cuda.set_per_process_memory_fraction(fraction)
+    print(f"[vram] allocator capped at {budget_gb:.1f} GB of {total / 1024**3:.1f} GB ({fraction:.3f})", flush=True)
+
+
+def run(cfg: TrainConfig) -> RunResult:
+    t_start = time.time()
+    paths = exp_paths(cfg.exp_dir)
+    train_rep, val_rep, reg_rep, info = preflight(cfg)
+    _print_reports(train_rep, val_rep, reg_rep)
+    print(f"[model] {info.path.name}: {info.prompt_format} prompt format, "
+          f"{'aggregate' if info.tokenizer_type == 'agg' else 'unified'} tokenizer, languages: "
+          f"{', '.join(info.languages) or '?'}", flush=True)
+
+    # ---- heavy imports only after the input is known to be good ----------------------------------
+    import lightning.pytorch as pl
+    import torch
+
+    from backends import registry
+    from common import data, model_io
+    from common.checkpoints import AtomicCheckpointIO, StopOnSignal, find_resume, save_adapters
+    from common.module import CanaryFinetune, OptimSettings
+    from common.telemetry import MetricsLog, report_memory
+
+    from common.callbacks import MetricsCallback, oom_message
+
+    resume_path = find_resume(cfg.resume, paths["checkpoints"])
+    pl.seed_everything(cfg.seed, workers=True)
+    torch.set_float32_matmul_precision("high")
+    apply_vram_budget(cfg.vram_budget_gb)
+    precision, notice = resolve_precision(cfg.precision)
+    if notice:
+        print(f"[precision] {notice}", flush=True)
+
+    base_sha = sha256_file(info.path)
+    model = model_io.restore(info.path, info=info)
+    model_io.freeze(model)
+    base_keys = set(model.state_dict().keys())
+    spec = registry.AdapterSpec(r=cfg.lora_r, alpha=cfg.lora_alpha, dropout=cfg.lora_dropout,
+                                targets=cfg.targets or registry.DEFAULT_TARGETS, adapter_dim=cfg.adapter_dim)
+    backend = None if cfg.full_finetune else registry.get(cfg.backend)
+    adapted = adapt(model, backend, spec, cfg.debug_linear)
+    trainable = sum(p.numel() for p in model.parameters() if p.requires_grad)
+    total = sum(p.numel() for p in model.parameters())
+    print(f"[lora] {'full fine-tuning' if backend is None else 'backend ' + backend.name}: {len(adapted)} modules, "
+          f"{trainable:,} trainable of {total:,} parameters ({100 * trainable / max(1, total):.3f}%)", flush=True)
+
+    meta = {"base_nemo": str(info.path.resolve()), "base_sha256": base_sha,
+            "backend": backend.name if backend else "full", "spec": spec.__dict__ | {"targets": list(spec.targets)}}
+    module = CanaryFinetune(model, backend, OptimSettings(lr=cfg.lr, weight_decay=cfg.weight_decay,
+                                                          warmup_steps=cfg.warmup_steps, max_steps=cfg.max_steps,
+                                                          sched=cfg.sched), meta=meta)
+    if cfg.compile:
+        compile_encoder(model)
+
+    # ---- data ---------------------------------------------------------------------------------------
+    if cfg.max_train_cuts:
+        train_rep.entries = train_rep.entries[: cfg.max_train_cuts]
+    data_dir = Path(cfg.data_dir)
+    cut_paths = {}
+    for name, rep in (("train", train_rep), ("val", val_rep), ("regression", reg_rep)):
+        if rep is None:
+            continue
+        cut_paths[name], built = data.build_cuts(rep, data_dir, info.prompt_format)
+        print(f"[data] {name} cuts: {cut_paths[name]} ({'built' if built else 'reused'})", flush=True)
+
+    strategy = "ddp" if cfg.devices * cfg.num_nodes > 1 else "auto"
+    metrics = MetricsLog(paths["metrics"])
+    stopper = StopOnSignal()
+    callbacks = [stopper, MetricsCallback(metrics, mem_every=cfg.mem_report_steps)]
+    from lightning.pytorch.callbacks import ModelCheckpoint
+
+    callbacks.append(ModelCheckpoint(dirpath=paths["checkpoints"], filename="step-{step}",
+                                     every_n_train_steps=cfg.save_every, save_top_k=-1, save_last=True,
+                                     save_on_train_epoch_end=False, auto_insert_metric_name=False))
+    trainer = pl.Trainer(
+        accelerator="auto", devices=cfg.devices, num_nodes=cfg.num_nodes, strategy=strategy, precision=precision,
+        max_steps=cfg.max_steps, max_epochs=-1, accumulate_grad_batches=cfg.accum,
+        gradient_clip_val=cfg.grad_clip or None, val_check_interval=cfg.val_every_n_steps * cfg.accum,
+        check_val_every_n_epoch=None, num_sanity_val_steps=0, limit_val_batches=cfg.limit_val_batches,
+        logger=make_logger(cfg.log, paths["root"]), callbacks=callbacks, plugins=[AtomicCheckpointIO()],
+        enable_model_summary=False, use_distributed_sampler=False, log_every_n_steps=1, default_root_dir=paths["root"],
+        enable_progress_bar=sys.stderr.isatty() or os.environ.get("CANARY_LORA_PROGRESS") == "1",
+    )
+    loader_settings = data.LoaderSettings(batch_size=cfg.bs, batch_duration=cfg.batch_duration,
+                                          num_workers=cfg.num_workers, seed=cfg.seed,
+                                          world_size=trainer.world_size, rank=trainer.global_rank)
+    train_dl = data.make_loader(cut_paths["train"], model.tokenizer, model.prompt, loader_settings, train=True)
+    val_settings = data.LoaderSettings(batch_size=cfg.val_bs or cfg.bs, num_workers=cfg.num_workers, seed=cfg.seed,
+                                       world_size=trainer.world_size, rank=trainer.global_rank)
+    val_dl = data.make_loader(cut_paths["val"], model.tokenizer, model.prompt, val_settings, train=False)
+    module.train_sampler = train_dl.sampler
+    audio_s = data.total_duration(cut_paths["train"])
+    rank0 = trainer.global_rank == 0
+
+    if rank0:
+        write_run_json(paths["run"], cfg, meta, adapted, trainable, total, cut_paths, precision, resume_path)
+    result = RunResult(exp_dir=paths["root"], status="finished", global_step=0, adapted=adapted,
+                       trainable_params=trainable)
+
+    # ---- train --------------------------------------------------------------------------------------
+    report_memory("fit_start")
+    if cfg.eval_before and resume_path is None:
+        result.before = evaluate(trainer, module, val_dl, metrics, "before")
+    stopper.install()
+    try:
+        trainer.fit(module, train_dataloaders=train_dl, val_dataloaders=val_dl,
+                    ckpt_path=str(resume_path) if resume_path else None)
+    except NonFiniteLoss as e:
+        result.status = "nonfinite"
+        print(f"[error] training stopped: the loss became {e.value} at step {e.step}. The last good checkpoint is "
+              f"kept in {paths['checkpoints']}; nothing was exported. Try a lower --lr, --precision 32 or fp16 -> "
+              f"bf16, or check the data near that step.", flush=True)
+    except torch.cuda.OutOfMemoryError as e:
+        raise UserError(oom_message(cfg)) from e
+    finally:
+        stopper.uninstall()
+    result.global_step = trainer.global_step
+    report_memory("fit_end")
+    if result.status == "nonfinite":
+        result.wall_s = time.time() - t_start
+        return result
+    if stopper.requested:
+        result.status = "interrupted"
+        # second Ctrl+C while saving must not corrupt anything: ignore it until the export is written
+        import signal
+
+        signal.signal(signal.SIGINT, signal.SIG_IGN)
+        trainer.save_checkpoint(paths["checkpoints"] / "interrupt.ckpt")
+        print(f"[interrupt] checkpoint saved: {paths['checkpoints'] / 'interrupt.ckpt'} (step {trainer.global_step}); "
+              f"continue with --resume auto", flush=True)
+    elif rank0:
+        result.after = evaluate(trainer, module, val_dl, metrics, "after")
+
+    if not rank0:
+        return result
+    # ---- save adapters, merge, export ---------------------------------------------------------------
+    if backend is not None:
+        save_adapters(backend.adapter_state_dict(model), paths["adapters"],
+                      {"backend": backend.name, "r": str(spec.r), "alpha": str(spec.alpha),
+                       "base_sha256": base_sha, "step": str(trainer.global_step)})
+    export_path = export_target(cfg.export_nemo, interrupted=result.status == "interrupted")
+    if export_path is not None:
+        from common.export import export_model
+
+        result.export, result.kept_members, result.export_check = export_model(
+            module, backend, info, export_path, val_dl, base_keys)
+    result.wall_s = time.time() - t_start
+    summary = {"status": result.status, "global_step": result.global_step, "before": result.before,
+               "after": result.after, "export": str(result.export) if result.export else None,
+               "export_check": result.export_check, "kept_from_source": result.kept_members,
+               "wall_s": round(result.wall_s, 1), "train_audio_s": audio_s,
+               "audio_s_per_s": None}
+    from common.report import write_report
+
+    write_report(paths, cfg, summary, meta, adapted, trainable, total)
+    return result
+
+
+def adapt(model, backend, spec, debug_linear: int) -> list[str]:
+    """Apply the backend (or unfreeze everything for full fine-tuning); zero matches is an error."""
+    from backends.registry import linear_names
+
+    names = linear_names(model)
+    if debug_linear:
+        print(f"[debug_linear] {len(names)} nn.Linear modules; first {min(debug_linear, len(names))}:", flush=True)
+        for n in names[:debug_linear]:
+            print(f"[debug_linear]   {n}", flush=True)
+    if backend is None:
+        for p in model.parameters():
+            p.requires_grad_(True)
+        return names
+    applied = backend.apply(model, spec)
+    for note in applied.notes:
+        print(f"[lora] {note}", flush=True)
+    if not applied.modules:
+        shown = "\n".join(f"    {n}" for n in names[:40])
+        raise UserError(f"--lora_targets matched no nn.Linear module (patterns: {', '.join(spec.targets)}). "
+                        f"The model has {len(names)} Linear modules, e.g.:\n{shown}\nPatterns must match the whole "
+                        f"name (e.g. 'encoder\\.layers\\.\\d+\\.self_attn\\.linear_q').")
+    if debug_linear:
+        print(f"[debug_linear] replaced {len(applied.modules)} modules", flush=True)
+    return applied.modules
+
+
+def evaluate(trainer, module, val_dl, metrics, tag: str) -> dict:
+    from common.telemetry import report_memory
+
+    trainer.validate(module, dataloaders=val_dl, verbose=False)
+    result = dict(module.last_val)
+    metrics.write("val", step=trainer.global_step, tag=tag, **result)
+    print(f"[val:{tag}] loss={result['val_loss']:.4f}  wer={result['val_wer']:.4f}  "
+          f"({result['utterances']} utterances)", flush=True)
+    report_memory("val_end")
+    return result
+
+
+def export_target(export_nemo: str | None, *, interrupted: bool) -> Path | None:
+    if not export_nemo:
+        return None
+    path = Path(export_nemo)
+    return path.with_name(f"{path.stem}-interrupt.nemo") if interrupted else path
+
+
+def make_logger(kind: str, root: Path):
+    if kind == "none":
+        return False
+    if kind == "tb":
+        from lightning.pytorch.loggers import TensorBoardLogger
+
+        return TensorBoardLogger(str(root), name="logs", version="")
+    from lightning.pytorch.loggers import CSVLogger
+
+    return CSVLogger(str(root), name="logs", version="")
+
+
+def compile_encoder(model) -> None:
+    import torch
+
+    try:
+        model.encoder = torch.compile(model.encoder, dynamic=True)
+        print("[compile] encoder wrapped with torch.compile (first steps are slow while it compiles)", flush=True)
+    except Exception as e:  # platform without a working compiler: train uncompiled
+        print(f"[compile] torch.compile unavailable ({type(e).__name__}: {e}); training without it", flush=True)
+
+
+def write_run_json(path: Path, cfg, meta, adapted, trainable, total, cut_paths, precision, resume_path) -> None:
+    import platform
+
+    import torch
+
+    from common.atomic import write_text
+
+    info = {
+        "settings": cfg.to_dict(), "precision": precision, "resume_from": str(resume_path) if resume_path else None,
+        "base": {"nemo": meta["base_nemo"], "sha256": meta["base_sha256"]}, "backend": meta["backend"],
+        "adapter_spec": meta["spec"], "adapted_modules": adapted, "trainable_params": trainable,
+        "total_params": total, "cuts": {k: str(v) for k, v in cut_paths.items()},
+        "versions": {"python": platform.python_version(), "torch": torch.__version__,
+                     "cuda": torch.version.cuda, "gpu": torch.cuda.get_device_name(0) if torch.cuda.is_available() else None},
+        "argv": sys.argv,
+    }
+    write_text(path, json.dumps(info, indent=2, ensure_ascii=False))
