@@ -40,3 +40,38 @@ finetune *args: setup
 [group('train')]
 win-dryrun *args: setup
     {{python}} recipes/win_dryrun.py {{args}}
+
+# Evaluate a .nemo on a manifest: WER/CER overall and per language, --baseline Y side by side (eval.md, eval.json)
+[group('quality')]
+eval *args: setup
+    {{python}} recipes/eval.py {{args}}
+
+# Check an export in a fresh process: restores, no LoRA left, outputs equal training (--against RUN_DIR|CKPT), WER
+[group('quality')]
+export-verify *args: setup
+    {{python}} recipes/export_verify.py {{args}}
+
+# Linux / Runpod launcher with the A6000 48 GB defaults (--outdir/--export accepted)
+[group('train')]
+runpod-train *args:
+    bash recipes/runpod_finetune_canary.sh {{args}}
+
+# Step time, audio s/s and peak memory per backend on synthetic speech (--tiny on CPU; --gpu-suite --out DIR)
+[group('perf')]
+bench *args: setup
+    {{python}} recipes/bench.py {{args}}
+
+# Find the fastest --bs/--accum that fits: the runbook ladder under --vram_budget_gb (default 11 GB on CUDA)
+[group('tune')]
+tune-batch *args: setup
+    {{python}} recipes/tune_batch.py {{args}}
+
+# Short runs over --lora_r x --lora_alpha x --lora_dropout, ranked by validation loss (sweep.md/.csv/.png)
+[group('tune')]
+sweep *args: setup
+    {{python}} recipes/sweep.py {{args}}
+
+# Compare backends on the tiny default: linear vs peft must agree, nemo adapters beside them (exp/parity/parity.md)
+[group('quality')]
+parity *args: setup
+    {{python}} recipes/parity.py {{args}}

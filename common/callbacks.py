@@ -10,10 +10,11 @@ from common.telemetry import MetricsLog, memory_snapshot, mem_line
 
 
 class MetricsCallback(Callback):
-    """One record per optimizer step (mean loss over its micro-batches, lr, memory, audio seconds).
+    """One record per optimizer step (mean loss over its micro-batches, lr, memory, audio seconds, and the
+    total norm of the trainable gradients before clipping as `grad_norm`).
 
-    The loss is summed on the device and read once per optimizer step: one host sync per step, not per
-    micro-batch.
+    The loss is summed on the device and read once per optimizer step, together with the audio seconds and
+    the gradient norm: one host sync per step, not per micro-batch.
     """
 
     def __init__(self, log: MetricsLog, mem_every: int = 50):
@@ -21,6 +22,7 @@ class MetricsCallback(Callback):
         self.mem_every = mem_every
         self._loss_sum = None
         self._audio_sum = None
+        self._grad_norm = None
         self._micro = 0
         self._step_at_start = -1
         self.audio_seconds = 0.0
@@ -34,6 +36,11 @@ class MetricsCallback(Callback):
         # first batch after a resume: put the RNG exactly where the saved run had it
         pl_module.restore_rng()
 
+    def on_before_optimizer_step(self, trainer, pl_module, optimizer) -> None:
+        # total norm of the trainable gradients before clipping; stays on the device until the step's one read
+        grads = [p.grad for group in optimizer.param_groups for p in group["params"] if p.grad is not None]
+        self._grad_norm = torch.nn.utils.get_total_norm(grads) if grads else None
+
     def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx) -> None:
         loss = outputs["loss"] if isinstance(outputs, dict) else outputs
         loss = loss.detach() * trainer.accumulate_grad_batches  # Lightning scaled it for accumulation
@@ -45,16 +52,24 @@ class MetricsCallback(Callback):
         if trainer.global_step == self._step_at_start:
             return  # still accumulating
         step = trainer.global_step
-        mean_loss = float(self._loss_sum) / self._micro
-        audio_s = float(self._audio_sum) if self._audio_sum is not None else 0.0
+        # loss, audio seconds and gradient norm are read together: one host sync per optimizer step
+        parts = {"loss": self._loss_sum, "audio": self._audio_sum, "grad_norm": self._grad_norm}
+        parts = {k: v for k, v in parts.items() if v is not None}
+        device = self._loss_sum.device
+        read = dict(zip(parts, torch.stack([v.detach().float().reshape(()).to(device)
+                                            for v in parts.values()]).tolist()))
+        mean_loss = read["loss"] / self._micro
+        audio_s = read.get("audio", 0.0)
+        grad_norm = read.get("grad_norm")
         self.audio_seconds += audio_s
-        self._loss_sum, self._audio_sum, self._micro = None, None, 0
+        self._loss_sum, self._audio_sum, self._grad_norm, self._micro = None, None, None, 0
         snap = memory_snapshot()
         lr = trainer.optimizers[0].param_groups[0]["lr"]
         mem = snap.get("alloc", snap.get("rss"))
         peak = snap.get("peak", snap.get("rss"))
         self.metrics.write("train", step=step, loss=mean_loss, lr=lr, audio_s=round(audio_s, 3), mem_gb=round(mem, 4),
-                       peak_gb=round(peak, 4), epoch=trainer.current_epoch)
+                       peak_gb=round(peak, 4), epoch=trainer.current_epoch,
+                       **({"grad_norm": round(grad_norm, 6)} if grad_norm is not None else {}))
         pl_module.log("train_loss", mean_loss, prog_bar=True, on_step=True, on_epoch=False)
         if self.mem_every and step % self.mem_every == 0:
             print(mem_line(f"step{step}", snap), flush=True)

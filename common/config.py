@@ -56,7 +56,9 @@ class TrainConfig:
     max_train_cuts: int | None = None
     limit_val_batches: int | None = None
     resume: str | None = None
+    stop_after_steps: int | None = None
     regression_manifest: str | None = None
+    regression_threshold: float = 0.05  # relative WER rise on the regression set that is flagged
     vram_budget_gb: float | None = None
     devices: int = 1
     num_nodes: int = 1
@@ -89,8 +91,11 @@ def validate(cfg: TrainConfig) -> TrainConfig:
     for name in ("debug_linear", "mem_report_steps", "num_workers", "warmup_steps", "weight_decay", "grad_clip"):
         _positive(problems, name, getattr(cfg, name), allow_zero=True)
     for name in ("lr", "lora_alpha", "max_duration", "val_bs", "batch_duration", "vram_budget_gb",
-                 "max_train_cuts", "limit_val_batches"):
+                 "max_train_cuts", "limit_val_batches", "stop_after_steps"):
         _positive(problems, name, getattr(cfg, name))
+    if not isinstance(cfg.regression_threshold, (int, float)) or not -1.0 <= cfg.regression_threshold < float("inf"):
+        problems.append(f"--regression_threshold must be a finite number >= -1 (0.05 flags a 5% relative WER rise), "
+                        f"got {cfg.regression_threshold}")
     if not 0.0 <= cfg.lora_dropout < 1.0:
         problems.append(f"--lora_dropout must be in [0, 1), got {cfg.lora_dropout}")
     if cfg.precision is not None and cfg.precision not in PRECISIONS:
@@ -129,6 +134,9 @@ def build_parser(prog: str = "finetune_canary.py") -> argparse.ArgumentParser:
     g.add_argument("--val", default=d.val, help="validation manifest (NeMo JSONL)")
     g.add_argument("--regression_manifest", default=d.regression_manifest,
                    help="held-out 'general' manifest evaluated before and after, to catch regressions")
+    g.add_argument("--regression_threshold", type=float, default=d.regression_threshold,
+                   help="flag a relative WER rise on the regression set above this (0.05 = 5%%; negative values "
+                        "demand an improvement)")
     g.add_argument("--max_duration", type=float, default=d.max_duration,
                    help="drop clips longer than this many seconds (they cost memory quadratically)")
     g.add_argument("--skip_bad", action="store_true", help="skip missing/unreadable audio instead of stopping")
@@ -174,6 +182,9 @@ def build_parser(prog: str = "finetune_canary.py") -> argparse.ArgumentParser:
     g.add_argument("--exp_dir", default=d.exp_dir, help="run directory: checkpoints, logs, report")
     g.add_argument("--save_every", type=int, default=d.save_every, help="checkpoint every N optimizer steps")
     g.add_argument("--resume", default=d.resume, help="'auto' (newest checkpoint in --exp_dir) or a .ckpt path")
+    g.add_argument("--stop_after_steps", type=int, default=d.stop_after_steps,
+                   help="stop after this many optimizer steps as Ctrl+C would (interrupt checkpoint + export); the "
+                        "schedule still runs to --max_steps, so --resume auto later continues the same run")
     g.add_argument("--export_nemo", default=d.export_nemo, help="where the merged .nemo is written")
     g.add_argument("--val_every_n_steps", type=int, default=d.val_every_n_steps, help="validate every N optimizer steps")
     g.add_argument("--limit_val_batches", type=int, default=d.limit_val_batches, help="validate on at most N batches")

@@ -38,10 +38,6 @@ def _cut_for(entry, idx_prefix: str, prompt_format: str):
     offset = entry.extra.get("offset")
     if offset:  # a segment of a longer recording
         cut = cut.truncate(offset=float(offset), duration=entry.duration)
-    if rec.num_channels > 1:
-        cut = cut.to_mono(mono_downmix=True)  # stereo -> mono by averaging channels
-    if rec.sampling_rate != SAMPLE_RATE:
-        cut = cut.resample(SAMPLE_RATE)
     custom = {"source_lang": entry.source_lang, "target_lang": entry.target_lang, "pnc": entry.pnc}
     for key, value in entry.extra.items():
         if key not in ("audio_filepath", "duration", "text", "offset", "lang") and value is not None:
@@ -49,11 +45,35 @@ def _cut_for(entry, idx_prefix: str, prompt_format: str):
     if prompt_format == "canary":
         # canary-1b's format needs a task on every example; the manifest may say `taskname` or `task`.
         custom.setdefault("task", custom.pop("taskname", None) or "asr")
-    cut.custom = custom
-    cut.supervisions = [SupervisionSegment(id=cut.id, recording_id=cut.recording_id, start=0.0,
-                                           duration=cut.duration, channel=0, text=entry.text,
-                                           language=entry.target_lang)]
+    supervision = SupervisionSegment(id=cut.id, recording_id=cut.recording_id, start=0.0, duration=cut.duration,
+                                     channel=0, text=entry.text, language=entry.target_lang)
+    if rec.num_channels > 1:
+        cut = _downmix(cut, custom, supervision)
+    else:
+        cut.custom = custom
+        cut.supervisions = [supervision]
+    if rec.sampling_rate != SAMPLE_RATE:
+        cut = cut.resample(SAMPLE_RATE)  # lazy: the cache stores the instruction, audio is resampled on load
     return cut
+
+
+def _downmix(cut, custom: dict, supervision):
+    """Multi-channel -> mono as the mean of the channels, lazily: a mix of each channel at 1/n volume.
+
+    Lhotse's `to_mono(mono_downmix=True)` decodes the audio into memory, which a cut cache cannot store. A
+    MixedCut takes its supervisions and `custom` fields from its first track.
+    """
+    from lhotse.cut import MixedCut, MixTrack
+
+    channels = list(cut.channel)
+    tracks = []
+    for i, channel in enumerate(channels):
+        track = cut.with_channels(channel).perturb_volume(1.0 / len(channels), affix_id=False)
+        if i == 0:
+            track.custom = custom
+            track.supervisions = [supervision]
+        tracks.append(MixTrack(cut=track))
+    return MixedCut(id=cut.id, tracks=tracks)
 
 
 def build_cuts(report: ManifestReport, data_dir: Path, prompt_format: str) -> tuple[Path, bool]:
@@ -72,29 +92,53 @@ def build_cuts(report: ManifestReport, data_dir: Path, prompt_format: str) -> tu
 
 
 class ResumableSampler:
-    """A Lhotse sampler that can skip the batches a resumed run already consumed in the current epoch.
+    """A Lhotse sampler that can skip the batches a resumed run already consumed in the epoch it stopped in.
 
     Lightning fetches one batch ahead and workers prefetch more, so the inner sampler's own position runs
     ahead of training. The number of batches the optimizer really saw is exact, and a sampler with the same
     seed and epoch yields the same batches, so resume re-draws and discards that many (cuts only, no audio).
+
+    The skip belongs to one epoch, not to one `iter()`: Lightning may create the loader's iterator more than
+    once before the first batch, and every iterator of that epoch must start at the same place.
     """
 
     def __init__(self, inner):
         self.inner = inner
-        self.skip = 0
+        self.epoch = 0
+        self._resume: tuple[int, int] | None = None  # (epoch, batches already consumed in it)
 
     def set_epoch(self, epoch: int) -> None:
-        self.inner.set_epoch(epoch)
+        self.epoch = int(epoch)
+        self.inner.set_epoch(self.epoch)
+
+    def resume_at(self, epoch: int, batches: int) -> None:
+        """Start at `epoch`, skipping its first `batches` batches (every later epoch starts at its beginning)."""
+        self._resume = (int(epoch), max(0, int(batches)))
+        self.set_epoch(epoch)
+
+    @property
+    def skip(self) -> int:
+        """Batches the next iterator of the current epoch skips."""
+        return self._resume[1] if self._resume and self._resume[0] == self.epoch else 0
 
     def __iter__(self) -> Iterator:
         it = iter(self.inner)
         for _ in range(self.skip):
-            next(it, None)
-        self.skip = 0
+            if next(it, None) is None:
+                break
         return it
 
     def state_dict(self) -> dict:
         return self.inner.state_dict()
+
+
+def _ignore_sigint(worker_id: int) -> None:
+    # Ctrl+C reaches the whole process group: workers leave it to the main process, which stops cleanly. A worker
+    # forked while the main process's handler was installed would otherwise run that handler too (a second
+    # message, or an exception inside the worker during a validation pass).
+    import signal
+
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
 
 
 @dataclass(frozen=True)
@@ -125,9 +169,14 @@ def make_loader(cuts_path: Path, tokenizer, prompt, settings: LoaderSettings, *,
         sampler = DynamicCutSampler(cuts, max_cuts=settings.batch_size, shuffle=train, drop_last=False, **common)
     sampler = ResumableSampler(sampler)
     dataset = PromptedAudioToTextLhotseDataset(tokenizer=tokenizer, prompt=prompt)
+    # A private generator: creating an iterator draws a seed from it, and drawing from the global RNG instead
+    # would make validation passes and epoch starts shift the training RNG (dropout, SpecAugment), so a resumed
+    # run could not repeat the straight run exactly.
+    generator = torch.Generator().manual_seed(settings.seed)
     return torch.utils.data.DataLoader(dataset, sampler=sampler, batch_size=None,
                                        num_workers=settings.num_workers,
-                                       persistent_workers=settings.num_workers > 0)
+                                       persistent_workers=settings.num_workers > 0, generator=generator,
+                                       worker_init_fn=_ignore_sigint if settings.num_workers > 0 else None)
 
 
 def total_duration(cuts_path: Path) -> float:

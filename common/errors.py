@@ -14,3 +14,11 @@ def collect(problems: list[str], header: str) -> None:
     """Raise one `UserError` listing every problem found, so the user fixes them all in one go."""
     if problems:
         raise UserError(header + "\n" + "\n".join(f"  - {p}" for p in problems))
+
+
+class Interrupted(BaseException):
+    """Ctrl+C outside the training loop (model loading, a validation pass): stop without a traceback.
+
+    A BaseException like KeyboardInterrupt, so no `except Exception` swallows it, but not a KeyboardInterrupt,
+    which Lightning turns into `exit(1)` after its own shutdown message.
+    """

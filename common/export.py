@@ -65,11 +65,15 @@ def export_model(module, backend, info: NemoInfo, out: Path, val_loader,
         "keys_cover_base": (base_keys or set()) <= state_keys(restored),
         "lora_keys_left": sorted(k for k in state_keys(restored) if "lora_" in k)[:5],
         "tolerance": TOLERANCE,
+        # NeMo adapters cannot be folded into the weights: the archive keeps them as (enabled) modules
+        "adapters_kept": backend is not None and not backend.mergeable,
     }
     check["ok"] = (check["restore_max_abs_diff"] <= TOLERANCE and check["merge_max_abs_diff"] <= TOLERANCE
                    and check["keys_cover_base"] and not check["lora_keys_left"]
                    and (check["keys_equal_base"] or (backend is not None and not backend.mergeable)))
     print(f"[export] restore check: {'OK' if check['ok'] else 'FAILED'} (max |diff| restored vs trained "
-          f"{check['restore_max_abs_diff']:.2e}, tolerance {TOLERANCE:g})", flush=True)
+          f"{check['restore_max_abs_diff']:.2e}, tolerance {TOLERANCE:g})"
+          + ("; the export keeps the adapters (NeMo adapters cannot be merged into the weights)"
+             if check["adapters_kept"] else ""), flush=True)
     del restored
     return out, kept, check

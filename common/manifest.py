@@ -4,7 +4,8 @@
 
 1. parse: every line must be one JSON object with a usable `audio_filepath` and `text`; all bad lines are
    listed together (capped) in one `UserError`;
-2. audio headers: every referenced file is probed with `soundfile.info` (header only, no decoding, threaded);
+2. audio headers: every referenced file is probed with `soundfile.info` (threaded), and its last frames are
+   decoded, which catches a truncated compressed file (FLAC, OGG, MP3) whose header still looks fine;
    missing or unreadable files are listed together, or skipped under `skip_bad`;
 3. durations: the header's duration wins over a manifest value that disagrees, and clips longer than
    `max_duration` are dropped with a note.
@@ -38,6 +39,7 @@ MAX_LISTED = 20  # problems listed in one error; the rest are counted
 SNIPPET_CHARS = 80
 DURATION_TOLERANCE_S = 0.5
 PROBE_THREADS = 16  # header reads are I/O bound (often network storage), so more threads than cores help
+TAIL_FRAMES = 2048  # decoded at the end of each file: a cut-off download or copy fails here, not mid-training
 
 _PNC = {"yes": "yes", "true": "yes", "<|pnc|>": "yes", "no": "no", "false": "no", "<|nopnc|>": "no"}
 # Keys people use instead of the NeMo names; only used to make the "missing key" message point at the fix.
@@ -455,6 +457,13 @@ def _probe_one(soundfile: Any, path: str) -> _Audio | str:
         return f"invalid header ({info.samplerate} Hz, {info.channels} channels)"
     if info.frames <= 0:
         return "no audio samples (0 frames)"
+    try:
+        with soundfile.SoundFile(path) as f:
+            f.seek(max(0, info.frames - TAIL_FRAMES))
+            f.read(TAIL_FRAMES)
+    except Exception as e:
+        reason = _truncate(getattr(e, "error_string", None) or _reason(e))
+        return f"the header is fine but the audio does not decode to its end ({reason}); probably truncated"
     return _Audio(int(info.samplerate), int(info.channels), info.frames / info.samplerate)
 
 

@@ -120,9 +120,11 @@ class CanaryFinetune(pl.LightningModule):
         params = [p for p in self.model.parameters() if p.requires_grad]
         if not params:
             raise RuntimeError("no trainable parameters: adapters were not applied")
-        fused = torch.cuda.is_available() and all(p.is_cuda for p in params)
+        # foreach (one kernel per param group step), not fused: Lightning's mixed-precision plugin refuses
+        # gradient clipping with optimizers that unscale gradients internally, as fused AdamW does
+        multi = torch.cuda.is_available() and all(p.is_cuda for p in params)
         opt = torch.optim.AdamW(params, lr=self.optim.lr, weight_decay=self.optim.weight_decay,
-                                **({"fused": True} if fused else {}))
+                                **({"foreach": True} if multi else {}))
         sched = torch.optim.lr_scheduler.LambdaLR(opt, lr_lambda(self.optim))
         return {"optimizer": opt, "lr_scheduler": {"scheduler": sched, "interval": "step", "frequency": 1}}
 
@@ -154,9 +156,19 @@ class CanaryFinetune(pl.LightningModule):
 
     # ---- checkpoints ----------------------------------------------------------------------------
     def on_save_checkpoint(self, checkpoint: dict) -> None:
+        from common.checkpoints import fix_midepoch_progress
+
         keep = set(self.trainable_names())
         if self.backend is not None:  # adapters only: not a copy of the frozen base
             checkpoint["state_dict"] = {k: v for k, v in checkpoint["state_dict"].items() if k in keep}
+        # never replace a good checkpoint with weights that already overflowed
+        bad = [k for k, v in checkpoint["state_dict"].items()
+               if k in keep and v.is_floating_point() and not torch.isfinite(v).all()]
+        if bad:
+            from common.train import NonFiniteLoss
+
+            raise NonFiniteLoss(checkpoint.get("global_step", -1), float("nan"), what=f"weights ({bad[0]})")
+        fix_midepoch_progress(checkpoint)
         checkpoint["canary_lora"] = {
             **self.meta,
             "rng": {"python": random.getstate(), "numpy": np.random.get_state(), "torch": torch.get_rng_state(),
@@ -185,6 +197,18 @@ class CanaryFinetune(pl.LightningModule):
                             f"sha256 {info['base_sha256'][:12]}...) than --nemo {self.meta.get('base_nemo')} "
                             f"(sha256 {self.meta['base_sha256'][:12]}...). Pass the original .nemo to resume.")
         self._restored_rng = info.get("rng")
+        changed = {k: (v, self.meta.get("data", {}).get(k)) for k, v in (info.get("data") or {}).items()
+                   if self.meta.get("data", {}).get(k) != v}
+        if changed:
+            print("[resume] note: these settings differ from the run that wrote the checkpoint, so the data order "
+                  "will not repeat it exactly: " + ", ".join(f"{k} {old!r} -> {new!r}" for k, (old, new)
+                                                                in sorted(changed.items())), flush=True)
+        if self.train_sampler is not None:
+            from common.checkpoints import resume_position
+
+            # Lightning restarts the epoch's batch count but not the data: skip what the optimizer already saw
+            epoch, consumed = resume_position(checkpoint)
+            self.train_sampler.resume_at(epoch, consumed)
 
     def restore_rng(self) -> None:
         rng = getattr(self, "_restored_rng", None)

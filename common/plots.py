@@ -204,3 +204,38 @@ def plot_bars(
     ax.margins(y=0.12)  # headroom for the value labels
     ax.grid(True, axis="y", alpha=0.3)
     return _save(fig, out_png)
+
+
+# Line styles that keep curves visible when they lie exactly on top of each other (parity runs).
+_OVERLAY_STYLES = (("tab:blue", "-", "o", 7), ("tab:orange", "--", "x", 9), ("tab:green", ":", "s", 5),
+                   ("tab:red", "-.", "^", 6), ("tab:purple", "-", "d", 6))
+
+
+def plot_loss_overlay(
+    runs: dict[str, Sequence[dict[str, Any]]],
+    out_png: str | os.PathLike,
+    title: str = "",
+) -> Path:
+    """Training loss over step for several runs on one chart, one labelled curve per run.
+
+    Each run gets its own colour, dash pattern and marker, so two runs with identical losses still show as two
+    curves drawn over each other rather than one.
+    """
+    fig, ax = _new_figure(title)
+    curves = {label: series(records, "train", "loss") for label, records in runs.items()}
+    curves = {label: c for label, c in curves.items() if c[0]}
+    if not curves:
+        _no_data(ax)
+        return _save(fig, out_png)
+    for i, (label, (steps, loss)) in enumerate(curves.items()):
+        color, dash, marker, size = _OVERLAY_STYLES[i % len(_OVERLAY_STYLES)]
+        ax.plot(steps, loss, color=color, linestyle=dash, marker=marker, markersize=size, linewidth=1.5,
+                markerfacecolor="none" if marker != "x" else color, label=label)
+    from matplotlib.ticker import MaxNLocator
+
+    ax.xaxis.set_major_locator(MaxNLocator(integer=True))  # optimizer steps: no 2.5
+    ax.set_xlabel("step")
+    ax.set_ylabel("training loss")
+    ax.grid(True, alpha=0.3)
+    ax.legend(loc="upper right")
+    return _save(fig, out_png)

@@ -31,12 +31,14 @@ class RunResult:
     trainable_params: int = 0
     wall_s: float = 0.0
     kept_members: list[str] = field(default_factory=list)
+    regression_before: dict = field(default_factory=dict)
+    regression_after: dict = field(default_factory=dict)
 
 
 class NonFiniteLoss(Exception):
-    def __init__(self, step: int, value: float):
-        super().__init__(f"non-finite loss {value} at step {step}")
-        self.step, self.value = step, value
+    def __init__(self, step: int, value: float, what: str = "loss"):
+        super().__init__(f"non-finite {what} ({value}) at step {step}")
+        self.step, self.value, self.what = step, value, what
 
 
 def preflight(cfg: TrainConfig):
@@ -90,7 +92,9 @@ def run(cfg: TrainConfig) -> RunResult:
 
     from backends import registry
     from common import data, model_io
-    from common.checkpoints import AtomicCheckpointIO, StopOnSignal, find_resume, save_adapters
+    from common.checkpoints import (AtomicCheckpointIO, StepCheckpoint, StopOnSignal, checkpoint_step, find_resume,
+                                    interrupt_raises, save_adapters)
+    from common.errors import Interrupted
     from common.module import CanaryFinetune, OptimSettings
     from common.telemetry import MetricsLog, report_memory
 
@@ -118,7 +122,10 @@ def run(cfg: TrainConfig) -> RunResult:
           f"{trainable:,} trainable of {total:,} parameters ({100 * trainable / max(1, total):.3f}%)", flush=True)
 
     meta = {"base_nemo": str(info.path.resolve()), "base_sha256": base_sha,
-            "backend": backend.name if backend else "full", "spec": spec.__dict__ | {"targets": list(spec.targets)}}
+            "backend": backend.name if backend else "full", "spec": spec.__dict__ | {"targets": list(spec.targets)},
+            # what fixes the order of training batches: a resume with other values cannot repeat the run exactly
+            "data": {"bs": cfg.bs, "accum": cfg.accum, "batch_duration": cfg.batch_duration, "seed": cfg.seed,
+                     "max_train_cuts": cfg.max_train_cuts, "train": str(Path(cfg.train).resolve())}}
     module = CanaryFinetune(model, backend, OptimSettings(lr=cfg.lr, weight_decay=cfg.weight_decay,
                                                           warmup_steps=cfg.warmup_steps, max_steps=cfg.max_steps,
                                                           sched=cfg.sched), meta=meta)
@@ -138,13 +145,12 @@ def run(cfg: TrainConfig) -> RunResult:
 
     strategy = "ddp" if cfg.devices * cfg.num_nodes > 1 else "auto"
     metrics = MetricsLog(paths["metrics"])
-    stopper = StopOnSignal()
-    callbacks = [stopper, MetricsCallback(metrics, mem_every=cfg.mem_report_steps)]
-    from lightning.pytorch.callbacks import ModelCheckpoint
-
-    callbacks.append(ModelCheckpoint(dirpath=paths["checkpoints"], filename="step-{step}",
-                                     every_n_train_steps=cfg.save_every, save_top_k=-1, save_last=True,
-                                     save_on_train_epoch_end=False, auto_insert_metric_name=False))
+    stopper = StopOnSignal(paths["checkpoints"] / "interrupt.ckpt", stop_after_steps=cfg.stop_after_steps)
+    # metrics first: a step's loss is checked (and logged) before anything saves that step
+    callbacks = [MetricsCallback(metrics, mem_every=cfg.mem_report_steps), stopper]
+    callbacks.append(StepCheckpoint(dirpath=paths["checkpoints"], filename="step-{step}",
+                                    every_n_train_steps=cfg.save_every, save_top_k=-1, save_last=True,
+                                    save_on_train_epoch_end=False, auto_insert_metric_name=False))
     trainer = pl.Trainer(
         accelerator="auto", devices=cfg.devices, num_nodes=cfg.num_nodes, strategy=strategy, precision=precision,
         max_steps=cfg.max_steps, max_epochs=-1, accumulate_grad_batches=cfg.accum,
@@ -161,6 +167,8 @@ def run(cfg: TrainConfig) -> RunResult:
     val_settings = data.LoaderSettings(batch_size=cfg.val_bs or cfg.bs, num_workers=cfg.num_workers, seed=cfg.seed,
                                        world_size=trainer.world_size, rank=trainer.global_rank)
     val_dl = data.make_loader(cut_paths["val"], model.tokenizer, model.prompt, val_settings, train=False)
+    reg_dl = (data.make_loader(cut_paths["regression"], model.tokenizer, model.prompt, val_settings, train=False)
+              if "regression" in cut_paths else None)
     module.train_sampler = train_dl.sampler
     audio_s = data.total_duration(cut_paths["train"])
     rank0 = trainer.global_rank == 0
@@ -173,59 +181,75 @@ def run(cfg: TrainConfig) -> RunResult:
     # ---- train --------------------------------------------------------------------------------------
     report_memory("fit_start")
     if cfg.eval_before and resume_path is None:
-        result.before = evaluate(trainer, module, val_dl, metrics, "before")
+        with interrupt_raises():  # Ctrl+C here: nothing trained yet, the CLI exits with 130
+            result.before = evaluate(trainer, module, val_dl, metrics, "before")
+            if reg_dl is not None:
+                result.regression_before = evaluate(trainer, module, reg_dl, metrics, "before", kind="regression")
     stopper.install()
+    t_fit = time.time()
     try:
         trainer.fit(module, train_dataloaders=train_dl, val_dataloaders=val_dl,
                     ckpt_path=str(resume_path) if resume_path else None)
     except NonFiniteLoss as e:
         result.status = "nonfinite"
-        print(f"[error] training stopped: the loss became {e.value} at step {e.step}. The last good checkpoint is "
-              f"kept in {paths['checkpoints']}; nothing was exported. Try a lower --lr, --precision 32 or fp16 -> "
-              f"bf16, or check the data near that step.", flush=True)
+        last = paths["checkpoints"] / "last.ckpt"
+        kept = (f"The last good checkpoint is kept: {last} (step {checkpoint_step(last)}); "
+                if last.is_file() else "No checkpoint had been saved yet; ")
+        print(f"[error] training stopped: the {e.what} became {e.value} at step {e.step}. {kept}nothing was "
+              f"exported. Try a lower --lr, --precision 32 or fp16 -> bf16, or check the data near that step.",
+              flush=True)
     except torch.cuda.OutOfMemoryError as e:
         raise UserError(oom_message(cfg)) from e
     finally:
         stopper.uninstall()
     result.global_step = trainer.global_step
+    train_wall_s = time.time() - t_fit
     report_memory("fit_end")
-    if result.status == "nonfinite":
-        result.wall_s = time.time() - t_start
-        return result
-    if stopper.requested:
-        result.status = "interrupted"
-        # second Ctrl+C while saving must not corrupt anything: ignore it until the export is written
-        import signal
-
-        signal.signal(signal.SIGINT, signal.SIG_IGN)
-        trainer.save_checkpoint(paths["checkpoints"] / "interrupt.ckpt")
-        print(f"[interrupt] checkpoint saved: {paths['checkpoints'] / 'interrupt.ckpt'} (step {trainer.global_step}); "
-              f"continue with --resume auto", flush=True)
-    elif rank0:
-        result.after = evaluate(trainer, module, val_dl, metrics, "after")
-
-    if not rank0:
-        return result
-    # ---- save adapters, merge, export ---------------------------------------------------------------
-    if backend is not None:
-        save_adapters(backend.adapter_state_dict(model), paths["adapters"],
-                      {"backend": backend.name, "r": str(spec.r), "alpha": str(spec.alpha),
-                       "base_sha256": base_sha, "step": str(trainer.global_step)})
-    export_path = export_target(cfg.export_nemo, interrupted=result.status == "interrupted")
-    if export_path is not None:
-        from common.export import export_model
-
-        result.export, result.kept_members, result.export_check = export_model(
-            module, backend, info, export_path, val_dl, base_keys)
-    result.wall_s = time.time() - t_start
-    summary = {"status": result.status, "global_step": result.global_step, "before": result.before,
-               "after": result.after, "export": str(result.export) if result.export else None,
-               "export_check": result.export_check, "kept_from_source": result.kept_members,
-               "wall_s": round(result.wall_s, 1), "train_audio_s": audio_s,
-               "audio_s_per_s": None}
     from common.report import write_report
 
-    write_report(paths, cfg, summary, meta, adapted, trainable, total)
+    audio_done = next(c for c in callbacks if isinstance(c, MetricsCallback)).audio_seconds
+    stats = {"precision": precision, "train_wall_s": train_wall_s, "audio_processed_s": audio_done,
+             "train_set_s": audio_s}
+    if result.status == "nonfinite":
+        result.wall_s = time.time() - t_start
+        if rank0:
+            write_report(paths, cfg, result, meta, total, stats)
+        return result
+    # every rank validates its shard (the metrics are all-reduced): rank 0 alone would wait forever in DDP
+    if not stopper.requested:
+        try:
+            with interrupt_raises():
+                result.after = evaluate(trainer, module, val_dl, metrics, "after")
+                if reg_dl is not None:
+                    result.regression_after = evaluate(trainer, module, reg_dl, metrics, "after", kind="regression")
+        except Interrupted:  # training is complete and its last step saved (last.ckpt): export what was trained
+            stopper.requested = True
+            print("\n[interrupt] Ctrl+C during the final validation: skipped it; saving and exporting.", flush=True)
+    if stopper.requested:
+        result.status = "interrupted"
+
+    # ---- save adapters, merge, export: a Ctrl+C from here on is ignored until the files are complete ----
+    with stopper.holding():
+        if result.status == "interrupted":
+            if stopper.saved is None:  # stopped after the final step (outside the loop): save that state
+                trainer.save_checkpoint(paths["checkpoints"] / "interrupt.ckpt")
+            print(f"[interrupt] checkpoint saved: {paths['checkpoints'] / 'interrupt.ckpt'} (step "
+                  f"{trainer.global_step}); continue with the same command plus --resume auto", flush=True)
+        if not rank0:
+            return result
+        if backend is not None:
+            save_adapters(backend.adapter_state_dict(model), paths["adapters"],
+                          {"backend": backend.name, "r": str(spec.r), "alpha": str(spec.alpha),
+                           "base_sha256": base_sha, "base_nemo": meta["base_nemo"], "spec": json.dumps(meta["spec"]),
+                           "step": str(trainer.global_step)})
+        export_path = export_target(cfg.export_nemo, interrupted=result.status == "interrupted")
+        if export_path is not None:
+            from common.export import export_model
+
+            result.export, result.kept_members, result.export_check = export_model(
+                module, backend, info, export_path, val_dl, base_keys)
+        result.wall_s = time.time() - t_start
+        write_report(paths, cfg, result, meta, total, stats)
     return result
 
 
@@ -255,13 +279,19 @@ def adapt(model, backend, spec, debug_linear: int) -> list[str]:
     return applied.modules
 
 
-def evaluate(trainer, module, val_dl, metrics, tag: str) -> dict:
+def evaluate(trainer, module, val_dl, metrics, tag: str, kind: str = "val") -> dict:
+    """One validation pass: loss and WER, plus CER, per-language figures and the transcripts (`rows`).
+
+    `kind` names the metrics.jsonl record: "regression" passes are kept apart from the validation curve.
+    """
+    from common.evaluate import validation_details
     from common.telemetry import report_memory
 
     trainer.validate(module, dataloaders=val_dl, verbose=False)
-    result = dict(module.last_val)
-    metrics.write("val", step=trainer.global_step, tag=tag, **result)
-    print(f"[val:{tag}] loss={result['val_loss']:.4f}  wer={result['val_wer']:.4f}  "
+    result = dict(module.last_val) | validation_details(module.val_outputs)
+    metrics.write(kind, step=trainer.global_step, tag=tag,
+                  **{k: v for k, v in result.items() if not isinstance(v, (list, dict))})
+    print(f"[{kind}:{tag}] loss={result['val_loss']:.4f}  wer={result['val_wer']:.4f}  cer={result['val_cer'] or float('nan'):.4f}  "
           f"({result['utterances']} utterances)", flush=True)
     report_memory("val_end")
     return result

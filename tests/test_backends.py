@@ -1,0 +1,272 @@
+"""Every backend through the same checks on the real tiny Canary (table-driven, after PEFT's custom-model tests).
+
+Adapter weights are randomized wherever a check would pass trivially with a fresh adapter (LoRA's B and NeMo's
+up projection start at zero), and each such test first asserts that the adapter really changes the output.
+"""
+from __future__ import annotations
+
+import subprocess
+import sys
+from itertools import islice
+from pathlib import Path
+from types import SimpleNamespace
+
+import pytest
+import torch
+
+from backends import registry
+from common.errors import UserError
+
+REPO = Path(__file__).resolve().parents[1]
+BACKENDS = ("linear", "peft", "nemo")
+LORA = ("linear", "peft")
+SPEC = registry.AdapterSpec(r=4, alpha=8.0, adapter_dim=16)
+
+
+# ---- shared inputs (built once per module) --------------------------------------------------------------------
+@pytest.fixture(scope="module")
+def inputs(tiny_model_path, demo):
+    """A fixed validation batch, three training batches, and the base model's log-probs on the fixed batch."""
+    from common.export import fixed_batch, log_probs
+    from tests.conftest import restore_tiny
+    from tests.helpers import val_loader
+
+    base = restore_tiny(tiny_model_path)
+    batch = fixed_batch(val_loader(base, demo.adapt_val))
+    train = list(islice(iter(val_loader(base, demo.adapt_train, bs=4)), 3))
+    return SimpleNamespace(batch=batch, train=train, base_out=log_probs(base, batch),
+                           base_state={k: v.clone() for k, v in base.state_dict().items()})
+
+
+def adapted(model, name: str, spec: registry.AdapterSpec = SPEC):
+    from common.model_io import freeze
+
+    freeze(model)
+    backend = registry.get(name)
+    applied = backend.apply(model, spec)
+    assert applied.modules, applied.notes
+    return backend
+
+
+def randomize(backend, model, seed: int = 0) -> dict[str, torch.Tensor]:
+    """Give every adapter weight a random value (B included) through the backend's own state-dict API."""
+    gen = torch.Generator().manual_seed(seed)
+    shapes = sorted((k, v.shape) for k, v in backend.adapter_state_dict(model).items())
+    state = {k: torch.randn(shape, generator=gen) * 0.05 for k, shape in shapes}
+    backend.load_adapter_state_dict(model, state)
+    return state
+
+
+def out(model, batch) -> torch.Tensor:
+    from common.export import log_probs
+
+    return log_probs(model, batch)
+
+
+def max_diff(a: torch.Tensor, b: torch.Tensor) -> float:
+    return float((a - b).abs().max())
+
+
+# ---- the registry ---------------------------------------------------------------------------------------------
+def test_every_backend_is_registered():
+    assert registry.names() == sorted(BACKENDS)
+    for name in BACKENDS:
+        backend = registry.get(name)
+        assert isinstance(backend, registry.LoraBackend) and backend.name == name
+    assert [registry.get(n).mergeable for n in BACKENDS] == [True, True, False]
+
+
+def test_unknown_backend_lists_the_known_ones():
+    with pytest.raises(UserError) as e:
+        registry.get("lora2")
+    assert "'lora2'" in str(e.value) and "linear, nemo, peft" in str(e.value) and "--backend" in str(e.value)
+
+
+def test_choosing_linear_never_imports_peft_or_nemo_adapters():
+    code = (
+        "import sys; sys.path.insert(0, '.')\n"
+        "import torch\n"
+        "from backends import registry\n"
+        "import common.train, common.module, common.export\n"
+        "model = torch.nn.Module(); model.encoder = torch.nn.Module(); model.encoder.layers = torch.nn.ModuleList("
+        "[torch.nn.Module()]); model.encoder.layers[0].self_attn = torch.nn.Module()\n"
+        "model.encoder.layers[0].self_attn.linear_q = torch.nn.Linear(4, 4)\n"
+        "backend = registry.get('linear'); assert backend.apply(model, registry.AdapterSpec()).modules\n"
+        "heavy = [m for m in ('peft', 'backends.peft.model', 'backends.nemo.model') if m in sys.modules]\n"
+        "assert registry.names() == ['linear', 'nemo', 'peft']\n"
+        "print('HEAVY', heavy)\n"
+    )
+    done = subprocess.run([sys.executable, "-c", code], cwd=REPO, capture_output=True, text=True, timeout=300)
+    assert done.returncode == 0, done.stderr[-2000:]
+    assert "HEAVY []" in done.stdout
+
+
+# ---- training touches adapters only ----------------------------------------------------------------------------
+@pytest.mark.parametrize("name", BACKENDS)
+def test_only_adapters_train_and_only_they_change(name, tiny_model, inputs):
+    from common.module import compute_loss, freeze_batchnorm
+
+    backend = adapted(tiny_model, name)
+    trainable = {n for n, _ in backend.trainable_parameters(tiny_model)}
+    assert trainable and trainable == {n for n, p in tiny_model.named_parameters() if p.requires_grad}
+    before = {k: v.clone() for k, v in tiny_model.state_dict().items()}
+    opt = torch.optim.AdamW([p for _, p in backend.trainable_parameters(tiny_model)], lr=1e-2, weight_decay=0.0)
+    tiny_model.train()
+    assert freeze_batchnorm(tiny_model) > 0
+    for batch in inputs.train:
+        loss, _ = compute_loss(tiny_model, batch)
+        opt.zero_grad()
+        loss.backward()
+        opt.step()
+    after = tiny_model.state_dict()
+    changed = {k for k in before if not torch.equal(before[k], after[k])}
+    assert changed == trainable  # every adapter weight moved (B first, then A), no base weight or buffer did
+    bn = [k for k in before if "batch_norm.running_" in k or "batch_norm.num_batches" in k]
+    assert bn and all(torch.equal(before[k], after[k]) for k in bn)
+
+
+# ---- outputs: zero-init, disabled, merged ------------------------------------------------------------------------
+@pytest.mark.parametrize("name", BACKENDS)
+def test_fresh_adapter_and_disabled_adapter_equal_the_base(name, tiny_model, inputs):
+    backend = adapted(tiny_model, name)
+    assert max_diff(out(tiny_model, inputs.batch), inputs.base_out) <= 1e-6  # zero-initialized output side
+    randomize(backend, tiny_model)
+    trained = out(tiny_model, inputs.batch)
+    assert max_diff(trained, inputs.base_out) > 1e-3  # the adapter really changes the output
+    backend.set_enabled(tiny_model, False)
+    assert max_diff(out(tiny_model, inputs.batch), inputs.base_out) <= 1e-6
+    backend.set_enabled(tiny_model, True)
+    assert max_diff(out(tiny_model, inputs.batch), trained) == 0.0
+
+
+@pytest.mark.parametrize("name", BACKENDS)
+def test_merge_keeps_the_outputs(name, tiny_model, inputs):
+    backend = adapted(tiny_model, name)
+    state = randomize(backend, tiny_model)
+    unmerged = out(tiny_model, inputs.batch)
+    backend.merge(tiny_model)
+    backend.merge(tiny_model)  # idempotent
+    assert max_diff(out(tiny_model, inputs.batch), unmerged) <= 1e-5
+    keys = set(tiny_model.state_dict())
+    if backend.mergeable:
+        assert keys == set(inputs.base_state)  # plain nn.Linear back at every path
+        assert not any("lora_" in k for k in keys) and not hasattr(tiny_model, "peft_config")
+        moved = {k for k in keys if not torch.equal(tiny_model.state_dict()[k], inputs.base_state[k])}
+        assert moved == {k.replace(".lora_A.weight", ".weight") for k in state if ".lora_A." in k}
+    else:
+        assert keys == set(inputs.base_state) | set(state)  # adapters kept as modules
+
+
+# ---- adapter files ------------------------------------------------------------------------------------------------
+@pytest.mark.parametrize("name", BACKENDS)
+def test_adapter_file_round_trip_is_exact(name, tiny_model, tiny_model_path, inputs, tmp_path):
+    from common.checkpoints import load_adapters, save_adapters
+    from tests.conftest import restore_tiny
+
+    backend = adapted(tiny_model, name)
+    randomize(backend, tiny_model)
+    state = backend.adapter_state_dict(tiny_model)
+    if name in LORA:  # PEFT's saved layout, without the adapter name
+        assert all(k.endswith((".lora_A.weight", ".lora_B.weight")) and ".default." not in k for k in state)
+        assert len(state) == 2 * 36
+    path = save_adapters(state, tmp_path / "adapters.safetensors", {"backend": name})
+    loaded, meta = load_adapters(path)
+    assert meta["backend"] == name and loaded.keys() == state.keys()
+    assert all(torch.equal(loaded[k], state[k]) for k in state)
+    fresh = restore_tiny(tiny_model_path)
+    other = adapted(fresh, name)
+    other.load_adapter_state_dict(fresh, loaded)
+    assert max_diff(out(fresh, inputs.batch), out(tiny_model, inputs.batch)) == 0.0
+    with pytest.raises(KeyError):
+        other.load_adapter_state_dict(fresh, dict(list(loaded.items())[1:]))
+
+
+@pytest.mark.parametrize("src,dst", [("linear", "peft"), ("peft", "linear")])
+def test_lora_adapters_move_between_linear_and_peft(src, dst, tiny_model, tiny_model_path, inputs, tmp_path):
+    from common.checkpoints import load_adapters, save_adapters
+    from tests.conftest import restore_tiny
+
+    source = adapted(tiny_model, src)
+    randomize(source, tiny_model, seed=3)
+    path = save_adapters(source.adapter_state_dict(tiny_model), tmp_path / "a.safetensors", {"backend": src})
+    target_model = restore_tiny(tiny_model_path)
+    target = adapted(target_model, dst)
+    target.load_adapter_state_dict(target_model, load_adapters(path)[0])
+    expected = out(tiny_model, inputs.batch)
+    assert max_diff(expected, inputs.base_out) > 1e-3
+    assert max_diff(out(target_model, inputs.batch), expected) <= 1e-6
+
+
+# ---- export --------------------------------------------------------------------------------------------------------
+@pytest.mark.parametrize("name", BACKENDS)
+def test_export_restores_with_stock_restore_from(name, tiny_model, tiny_model_path, inputs, demo, tmp_path):
+    from nemo.collections.asr.models import EncDecMultiTaskModel
+
+    from backends.nemo.layer import DECODER_ADAPTER, ENCODER_ADAPTER
+    from common.export import export_model
+    from common.preflight import inspect_nemo
+    from tests.helpers import val_loader
+
+    backend = adapted(tiny_model, name)
+    state = randomize(backend, tiny_model)
+    trained = out(tiny_model, inputs.batch)
+    module = SimpleNamespace(model=tiny_model)
+    path, _, check = export_model(module, backend, inspect_nemo(tiny_model_path), tmp_path / "out.nemo",
+                                  val_loader(tiny_model, demo.adapt_val), set(inputs.base_state))
+    assert check["ok"], check
+    assert check["adapters_kept"] is (not backend.mergeable)
+    restored = EncDecMultiTaskModel.restore_from(str(path), map_location="cpu")
+    keys = set(restored.state_dict())
+    if backend.mergeable:
+        assert keys == set(inputs.base_state)
+    else:
+        assert keys == set(inputs.base_state) | set(state)
+        assert restored.get_enabled_adapters() == sorted([DECODER_ADAPTER, ENCODER_ADAPTER])
+        restored.set_enabled_adapters(enabled=False)
+        assert max_diff(out(restored, inputs.batch), inputs.base_out) <= 1e-6
+        restored.set_enabled_adapters(enabled=True)
+    assert max_diff(out(restored, inputs.batch), trained) <= 1e-5
+
+
+# ---- what each backend tells the training core ----------------------------------------------------------------------
+@pytest.mark.parametrize("name", LORA)
+def test_lora_backends_never_wrap_the_tied_head(name, tiny_model):
+    backend = registry.get(name)
+    applied = backend.apply(tiny_model, registry.AdapterSpec(targets=(r"log_softmax\.mlp\.layer0",)))
+    assert applied.modules == [] and any("tied head" in n for n in applied.notes)
+    assert not any("lora_" in n for n, _ in tiny_model.named_parameters())
+
+
+@pytest.mark.parametrize("name", BACKENDS)
+def test_adapt_reports_adapted_modules_and_describe(name, tiny_model, capsys):
+    from common.model_io import freeze
+    from common.train import adapt
+
+    freeze(tiny_model)
+    backend = registry.get(name)
+    modules = adapt(tiny_model, backend, SPEC, debug_linear=0)
+    info = backend.describe(tiny_model)
+    assert modules and info["adapted_modules"] == len(modules) and info["backend"] == name
+    assert info["trainable_params"] == sum(p.numel() for p in tiny_model.parameters() if p.requires_grad)
+    if name == "nemo":
+        assert len(modules) == 4 and all(".adapter_layer." in m for m in modules)  # 2 encoder + 2 decoder layers
+        assert info["adapter_dim"] == SPEC.adapter_dim and info["mergeable"] is False
+        printed = capsys.readouterr().out
+        assert "--lora_targets" in printed and "keeps them" in printed
+    else:
+        assert len(modules) == 36 and (info["rank"], info["scaling"]) == (SPEC.r, SPEC.scaling)
+
+
+# ---- `just parity` -------------------------------------------------------------------------------------------------
+@pytest.mark.slow
+def test_parity_recipe_passes_and_writes_its_report(tmp_path):
+    run_dir = tmp_path / "parity"
+    done = subprocess.run([sys.executable, "recipes/parity.py", "--steps", "3", "--out", str(run_dir)], cwd=REPO,
+                          capture_output=True, text=True, timeout=1200)
+    assert done.returncode == 0, (done.stdout[-3000:], done.stderr[-3000:])
+    report = (run_dir / "parity.md").read_text(encoding="utf-8")
+    for needle in ("Numeric", "Training", "Export", "NeMo adapters", "PASS", "trainable params", "step time",
+                   "peak RSS", "WER"):
+        assert needle in report, needle
+    assert "FAIL" not in report
+    assert (run_dir / "loss.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"

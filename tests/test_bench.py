@@ -1,0 +1,209 @@
+"""The measuring harness (`common/bench.py`) and its recipes: `just bench`, `just tune-batch`, `just sweep`.
+
+The recipe tests run the real command lines on the tiny default on the CPU, as subprocesses, and check the tables
+they write. They set OMP_NUM_THREADS=1: on a small shared machine, two OpenMP threads per process spin against
+each other and make a tiny training step up to 100x slower.
+"""
+from __future__ import annotations
+
+import csv
+import json
+import math
+import os
+import shutil
+import subprocess
+import sys
+import wave
+from pathlib import Path
+
+import pytest
+
+REPO = Path(__file__).resolve().parents[1]
+ENV = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONUNBUFFERED": "1"}
+
+
+def run_recipe(script: str, *args: str, timeout: int = 300) -> str:
+    done = subprocess.run([sys.executable, f"recipes/{script}", *args], cwd=REPO, env=ENV, capture_output=True,
+                          text=True, timeout=timeout)
+    out = done.stdout + done.stderr
+    assert done.returncode == 0, f"{script} exited {done.returncode}:\n{out[-4000:]}"
+    return out
+
+
+def positive(value) -> bool:
+    try:
+        return math.isfinite(float(value)) and float(value) > 0
+    except (TypeError, ValueError):
+        return False
+
+
+# ---- the harness, without a model ---------------------------------------------------------------------------
+def test_synthetic_set_fixed_length(tmp_path):
+    from common.bench import synthetic_set
+    from common.manifest import load_manifest
+
+    s = synthetic_set(tmp_path / "fixed", 4, 3.0, seed=1)
+    assert s.label == "3s" and s.durations == (3.0,) * 4
+    lines = [json.loads(x) for x in s.manifest.read_text(encoding="utf-8").splitlines()]
+    assert len(lines) == 4
+    for line in lines:
+        assert {line["source_lang"], line["target_lang"]} == {"ru"} and line["pnc"] == "yes"
+        assert any("а" <= ch <= "я" for ch in line["text"].lower())  # Russian transcript
+        with wave.open(line["audio_filepath"]) as w:
+            assert (w.getframerate(), w.getnchannels(), w.getsampwidth(), w.getnframes()) == (16000, 1, 2, 48000)
+    # about 5.5 tokens per second by the rough counter: a word more at most
+    assert 16 <= s.mean_tokens <= 21
+    report = load_manifest(s.manifest)
+    assert len(report.entries) == 4 and abs(report.total_duration - 12.0) < 1e-6
+
+
+def test_synthetic_set_mixed_lengths_and_regeneration(tmp_path):
+    from common.bench import synthetic_set
+
+    s = synthetic_set(tmp_path / "mixed", 12, (1.0, 5.0), seed=2)
+    assert s.label == "1-5s" and all(1.0 <= d <= 5.0 for d in s.durations) and len(set(s.durations)) > 1
+    smaller = synthetic_set(tmp_path / "mixed", 3, (1.0, 5.0), seed=2)
+    assert len(list((tmp_path / "mixed" / "wav").glob("*.wav"))) == 3 == len(smaller.durations)
+
+
+def _row(bs, accum=1, status="ok", rate=1.0, peak=1.0, mode="linear", step=1.0, set_="15s"):
+    return {"label": f"{mode} bs{bs}", "set": set_, "mode": mode, "bs": bs, "accum": accum, "eff_bs": bs * accum,
+            "precision": "32-true", "status": status, "audio_s_per_s": rate, "peak_gb": peak,
+            "median_step_s": step, "step_over_fwd": None, "message": "" if status == "ok" else "boom"}
+
+
+def test_ladder_stops_at_first_failure_and_when_flat():
+    from common.bench import ladder
+
+    rates = {2: 10.0, 3: 14.0, 4: 16.0, 6: 16.1, 8: 30.0}
+    rows, best = ladder(lambda bs, accum: _row(bs, accum, rate=rates[bs]))
+    assert [r["bs"] for r in rows] == [2, 3, 4, 6]  # 6/3 gains under 2 %: stop
+    assert best["bs"] == 6  # still the fastest that ran
+    rows, best = ladder(lambda bs, accum: _row(bs, accum, status="oom" if bs >= 4 else "ok", rate=bs))
+    assert [r["bs"] for r in rows] == [2, 3, 4] and best["bs"] == 3
+    rows, best = ladder(lambda bs, accum: _row(bs, accum, status="oom"))
+    assert len(rows) == 1 and best is None
+
+
+def test_largest_batch_steps_up_then_down():
+    from common.bench import largest_batch
+
+    up, best = largest_batch(lambda bs: _row(bs, peak=bs / 1.2), 40, 8, peak_limit_gb=46.0)
+    assert [r["bs"] for r in up] == [40, 48, 56] and best["bs"] == 48  # 56 peaks at 46.7 GB
+    down, best = largest_batch(lambda bs: _row(bs, status="ok" if bs <= 24 else "oom"), 40, 8, peak_limit_gb=None)
+    assert [r["bs"] for r in down] == [40, 32, 24] and best["bs"] == 24
+    capped, best = largest_batch(lambda bs: _row(bs), 8, 8, peak_limit_gb=None, max_bs=16)
+    assert [r["bs"] for r in capped] == [8, 16] and best["bs"] == 16
+
+
+def test_forward_ratio_and_tables(tmp_path):
+    from common.bench import Report, add_forward_ratios, write_table
+
+    rows = [_row(8, step=0.3), _row(8, mode="forward", step=0.1), _row(8, accum=2, step=0.8),
+            _row(32, step=0.4), _row(8, step=0.3, set_="20s")]
+    add_forward_ratios(rows)
+    assert [r["step_over_fwd"] for r in rows] == [3.0, None, 4.0, None, None]
+    paths = write_table(rows, tmp_path, "t", title="T", notes=["a note"])
+    md = paths["md"].read_text(encoding="utf-8")
+    assert md.startswith("# T\n") and "- device: " in md and "- command: " in md and "a note" in md
+    assert len(list(csv.DictReader(paths["csv"].open(encoding="utf-8")))) == 5
+    assert json.loads(paths["json"].read_text(encoding="utf-8"))["rows"][0]["bs"] == 8
+    report = Report(tmp_path / "r", "suite", "Suite")
+    first, second = report.section("one"), report.section("two")
+    report.add(first, _row(4))
+    report.add(second, _row(4, status="oom"))
+    doc = json.loads((tmp_path / "r" / "suite.json").read_text(encoding="utf-8"))
+    assert [len(s["rows"]) for s in doc["sections"]] == [1, 1]
+    text = (tmp_path / "r" / "suite.md").read_text(encoding="utf-8")
+    assert "## one" in text and "## two" in text and "oom: boom" in text
+    assert sorted(p.name for p in (tmp_path / "r").iterdir()) == ["suite.json", "suite.md"]
+
+
+def test_justfile_has_the_recipes():
+    just = shutil.which("just") or str(Path(sys.executable).parent / "just")
+    if not Path(just).exists():
+        pytest.skip("just is not installed")
+    for recipe, script in (("bench", "recipes/bench.py"), ("tune-batch", "recipes/tune_batch.py"),
+                           ("sweep", "recipes/sweep.py")):
+        shown = subprocess.run([just, "--show", recipe], cwd=REPO, capture_output=True, text=True, check=True)
+        assert script in shown.stdout
+
+
+# ---- the recipes on the tiny default --------------------------------------------------------------------------
+def test_bench_tiny(tmp_path):
+    out = tmp_path / "bench"
+    run_recipe("bench.py", "--tiny", "--out", str(out), "--work", str(tmp_path / "work"))
+    assert sorted(p.name for p in out.iterdir()) == ["bench.csv", "bench.json", "bench.md"]
+    rows = json.loads((out / "bench.json").read_text(encoding="utf-8"))["rows"]
+    assert {"linear", "full", "forward"} <= {r["mode"] for r in rows}
+    assert any(r["batch_duration"] for r in rows) and any("search" in r["label"] for r in rows)
+    for r in rows:
+        assert r["status"] == "ok", r
+        for key in ("median_step_s", "first_step_s", "audio_s_per_s", "peak_gb"):
+            assert positive(r[key]), (key, r)
+        assert r["trainable_params"] == 0 if r["mode"] == "forward" else positive(r["trainable_params"])
+    assert all(positive(r["step_over_fwd"]) for r in rows if r["mode"] == "linear" and r["bs"] in (2, 4))
+    table = list(csv.DictReader((out / "bench.csv").open(encoding="utf-8")))
+    assert len(table) == len(rows) and all(positive(r["audio_s_per_s"]) for r in table)
+    md = (out / "bench.md").read_text(encoding="utf-8")
+    assert "CPU (" in md and "| linear bs2 |" in md
+
+
+def test_tune_batch_tiny(tmp_path):
+    out = tmp_path / "tune"
+    text = run_recipe("tune_batch.py", "--tiny", "--clip_s", "4", "--out", str(out),
+                      "--work", str(tmp_path / "work"))
+    assert "Recommended: --bs" in text
+    rows = list(csv.DictReader((out / "tune_batch.csv").open(encoding="utf-8")))
+    assert [(r["bs"], r["accum"]) for r in rows[:2]] == [("2", "8"), ("3", "6")]
+    for r in rows:
+        assert r["status"] == "ok" and int(r["eff_bs"]) == int(r["bs"]) * int(r["accum"])
+        assert all(positive(r[k]) for k in ("median_step_s", "audio_s_per_s", "peak_gb"))
+    md = (out / "tune_batch.md").read_text(encoding="utf-8")
+    assert "**Recommended: --bs" in md and "| effective batch |" in md
+
+
+def _check_sweep(out: Path, n_runs: int) -> list[dict]:
+    assert {"sweep.md", "sweep.csv", "sweep.png"} <= {p.name for p in out.iterdir()}
+    rows = list(csv.DictReader((out / "sweep.csv").open(encoding="utf-8")))
+    assert len(rows) == n_runs and [int(r["rank"]) for r in rows] == list(range(1, n_runs + 1))
+    losses = [float(r["val_loss"]) for r in rows]
+    assert losses == sorted(losses)
+    for r in rows:
+        assert r["status"] == "finished" and r["stable"] == "True"
+        assert all(positive(r[k]) for k in ("val_loss", "median_step_s", "peak_gb", "trainable_params",
+                                              "max_grad_norm"))
+        records = [json.loads(x) for x in (out / "runs" / r["label"] / "metrics.jsonl").read_text().splitlines()]
+        norms = [x["grad_norm"] for x in records if x["kind"] == "train"]
+        assert norms and all(positive(n) for n in norms)  # MetricsCallback records the gradient norm
+    assert "Best trade-off: **" in (out / "sweep.md").read_text(encoding="utf-8")
+    return rows
+
+
+def test_sweep_tiny_two_runs(tmp_path):
+    out = tmp_path / "sweep"
+    run_recipe("sweep.py", "--lora_r", "8", "--lora_alpha", "16", "32", "--lora_dropout", "0.0",
+               "--max_steps", "8", "--out", str(out))
+    rows = _check_sweep(out, 2)
+    assert {r["label"] for r in rows} == {"r8_a16_d0", "r8_a32_d0"}
+
+
+@pytest.mark.slow
+def test_sweep_default_grid(tmp_path):
+    out = tmp_path / "sweep"
+    run_recipe("sweep.py", "--max_steps", "12", "--out", str(out), timeout=600)
+    rows = _check_sweep(out, 8)
+    assert {int(r["lora_r"]) for r in rows} == {8, 16}
+
+
+def test_gpu_suite_structure_on_tiny(tmp_path):
+    out = tmp_path / "suite"
+    run_recipe("bench.py", "--gpu-suite", "--tiny", "--sections", "bench,env12,env48", "--configs",
+               "linear:2,forward:2,largest", "--out", str(out), "--work", str(tmp_path / "work"), timeout=600)
+    assert sorted(p.name for p in out.iterdir()) == ["gpu_suite.json", "gpu_suite.md"]
+    doc = json.loads((out / "gpu_suite.json").read_text(encoding="utf-8"))
+    assert [len(s["rows"]) > 0 for s in doc["sections"]] == [True, True, True]
+    rows = [r for s in doc["sections"] for r in s["rows"]]
+    assert all(r["status"] == "ok" and positive(r["audio_s_per_s"]) for r in rows)
+    text = (out / "gpu_suite.md").read_text(encoding="utf-8")
+    assert "recommended --bs" in text and "largest bs" in text
