@@ -56,8 +56,11 @@ class MetricsCallback(Callback):
         parts = {"loss": self._loss_sum, "audio": self._audio_sum, "grad_norm": self._grad_norm}
         parts = {k: v for k, v in parts.items() if v is not None}
         device = self._loss_sum.device
-        read = dict(zip(parts, torch.stack([v.detach().float().reshape(()).to(device)
-                                            for v in parts.values()]).tolist()))
+        stacked = torch.stack([v.detach().float().reshape(()).to(device) for v in parts.values()])
+        if trainer.world_size > 1:  # DDP: loss and audio summed over ranks (one small all-reduce per step)
+            stacked = trainer.strategy.reduce(stacked, reduce_op="sum") / torch.tensor(
+                [trainer.world_size if k != "audio" else 1 for k in parts], device=device)
+        read = dict(zip(parts, stacked.tolist()))
         mean_loss = read["loss"] / self._micro
         audio_s = read.get("audio", 0.0)
         grad_norm = read.get("grad_norm")
@@ -67,12 +70,13 @@ class MetricsCallback(Callback):
         lr = trainer.optimizers[0].param_groups[0]["lr"]
         mem = snap.get("alloc", snap.get("rss"))
         peak = snap.get("peak", snap.get("rss"))
-        self.metrics.write("train", step=step, loss=mean_loss, lr=lr, audio_s=round(audio_s, 3), mem_gb=round(mem, 4),
-                       peak_gb=round(peak, 4), epoch=trainer.current_epoch,
-                       **({"grad_norm": round(grad_norm, 6)} if grad_norm is not None else {}))
-        pl_module.log("train_loss", mean_loss, prog_bar=True, on_step=True, on_epoch=False)
-        if self.mem_every and step % self.mem_every == 0:
-            print(mem_line(f"step{step}", snap), flush=True)
+        if trainer.global_rank == 0:  # one writer for metrics.jsonl and the MEM lines
+            self.metrics.write("train", step=step, loss=mean_loss, lr=lr, audio_s=round(audio_s, 3), mem_gb=round(mem, 4),
+                           peak_gb=round(peak, 4), epoch=trainer.current_epoch,
+                           **({"grad_norm": round(grad_norm, 6)} if grad_norm is not None else {}))
+            pl_module.log("train_loss", mean_loss, prog_bar=True, on_step=True, on_epoch=False)
+            if self.mem_every and step % self.mem_every == 0:
+                print(mem_line(f"step{step}", snap), flush=True)
         if not math.isfinite(mean_loss):
             from common.train import NonFiniteLoss
 

@@ -186,7 +186,7 @@ def build_summary(cfg, result, meta: dict, total: int, stats: dict) -> dict[str,
         "backend": meta["backend"], "adapter_spec": meta.get("spec"), "adapted_modules": len(result.adapted),
         "trainable_params": result.trainable_params, "total_params": total,
         "precision": stats.get("precision"),
-        "wall_s": round(result.wall_s, 1), "train_wall_s": round(train_s, 1) if train_s else None,
+        "wall_s": round(result.wall_s, 1), "train_wall_s": round(train_s, 3) if train_s else None,
         "train_set_audio_s": stats.get("train_set_s"), "audio_processed_s": round(audio, 1) if audio else None,
         "audio_s_per_s": round(audio / train_s, 2) if audio and train_s else None,
     }

@@ -229,6 +229,10 @@ def run(cfg: TrainConfig) -> RunResult:
         result.status = "interrupted"
 
     # ---- save adapters, merge, export: a Ctrl+C from here on is ignored until the files are complete ----
+    if trainer.world_size > 1 and torch.distributed.is_initialized():
+        # training is over: leave the process group so rank 0's CPU export cannot wait on a collective
+        torch.distributed.barrier()
+        torch.distributed.destroy_process_group()
     with stopper.holding():
         if result.status == "interrupted":
             if stopper.saved is None:  # stopped after the final step (outside the loop): save that state
