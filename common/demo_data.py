@@ -41,7 +41,7 @@ from common.atomic import atomic_path, write_text
 from common.errors import UserError
 
 # Bump when the synthesis or layout changes in a way that makes old caches wrong.
-FORMAT_VERSION = 1
+FORMAT_VERSION = 2
 
 ESPEAK = "espeak-ng"
 STAMP_NAME = "demo.json"
@@ -372,13 +372,16 @@ ENGLISH_SENTENCES: tuple[str, ...] = (
 class DemoSpec:
     """What to build. Any change to a field invalidates the cache."""
 
-    n_sentences: int = 400
+    # Thousands of distinct texts: with a few hundred, a small decoder learns the sentences by heart and
+    # outputs one of them whatever it hears; with this many it has to listen.
+    n_sentences: int = 2600
     seed: int = 1234
-    val_fraction: float = 0.2
+    val_sentences: int = 100  # held out from training in both slices
+    adapt_train_sentences: int | None = 800  # train texts the adapt slice reads (None: all of them)
     sample_rate: int = 16000
     base_voices: tuple[str, ...] = ("m1", "m3", "m7")
     base_wpm: tuple[int, int] = (150, 175)
-    base_train_copies: int = 2  # base voices per train text: more voices, but not every text in every voice
+    base_train_copies: int = 1  # base voices per train text: more copies, more clips of the same texts
     base_snr_db: float | None = None
     adapt_voices: tuple[str, ...] = ("f2", "f4")
     adapt_wpm: tuple[int, int] = (200, 220)
@@ -387,8 +390,10 @@ class DemoSpec:
     def __post_init__(self) -> None:
         if self.n_sentences < 2:
             raise ValueError("n_sentences must be at least 2 (one train and one val text)")
-        if not 0.0 < self.val_fraction < 1.0:
-            raise ValueError("val_fraction must lie strictly between 0 and 1")
+        if not 1 <= self.val_sentences < self.n_sentences:
+            raise ValueError("val_sentences must lie between 1 and n_sentences - 1")
+        if self.adapt_train_sentences is not None and self.adapt_train_sentences < 1:
+            raise ValueError("adapt_train_sentences must be at least 1 (or None for all train texts)")
         if not self.base_voices or not self.adapt_voices:
             raise ValueError("base_voices and adapt_voices must not be empty")
         if set(self.base_voices) & set(self.adapt_voices):
@@ -436,8 +441,7 @@ class DemoSet:
 def split_texts(spec: DemoSpec) -> tuple[list[str], list[str]]:
     """Train and val texts: one split shared by both slices, so val texts are never heard in training."""
     sentences = generate_sentences(spec.n_sentences, spec.seed)
-    n_val = max(1, round(len(sentences) * spec.val_fraction))
-    return sentences[n_val:], sentences[:n_val]
+    return sentences[spec.val_sentences:], sentences[:spec.val_sentences]
 
 
 def tokenizer_corpus(spec: DemoSpec = DemoSpec()) -> list[str]:
@@ -472,7 +476,7 @@ def plan_utterances(spec: DemoSpec) -> list[Utterance]:
             add("base", "train", i, text, bv[(i + k) % len(bv)])
     for i, text in enumerate(val):
         add("base", "val", i, text, bv[i % len(bv)])
-    for i, text in enumerate(train):
+    for i, text in enumerate(train[: spec.adapt_train_sentences]):
         add("adapt", "train", i, text, av[i % len(av)])
     for i, text in enumerate(val):
         add("adapt", "val", i, text, av[i % len(av)])
@@ -683,11 +687,14 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description="Build the synthetic Russian demo speech set with espeak-ng.")
     parser.add_argument("--out", type=Path, required=True, help="output folder (manifests, wav/, corpus.txt)")
     parser.add_argument("--n_sentences", type=int, default=DemoSpec.n_sentences)
+    parser.add_argument("--val_sentences", type=int, default=None,
+                        help=f"held-out texts (default: {DemoSpec.val_sentences}, or a fifth of a smaller set)")
     parser.add_argument("--force", action="store_true", help="rebuild even if the cached set matches")
     parser.add_argument("--workers", type=int, default=None, help="parallel espeak-ng processes (default 2-4)")
     args = parser.parse_args(argv)
+    val = args.val_sentences or min(DemoSpec.val_sentences, max(1, args.n_sentences // 5))
     try:
-        demo = build_demo_set(args.out, DemoSpec(n_sentences=args.n_sentences), force=args.force,
+        demo = build_demo_set(args.out, DemoSpec(n_sentences=args.n_sentences, val_sentences=val), force=args.force,
                               workers=args.workers)
     except (UserError, ValueError) as err:
         print(f"error: {err}", file=sys.stderr)

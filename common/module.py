@@ -79,16 +79,20 @@ def lr_lambda(settings: OptimSettings):
 
 
 class CanaryFinetune(pl.LightningModule):
-    """Trains `model`'s parameters that require grad. `backend` is None in full fine-tuning mode."""
+    """Trains `model`'s parameters that require grad. `backend` is None in full fine-tuning mode.
+
+    BatchNorm running statistics stay frozen while adapters train (`freeze_bn`, default: with a backend); full
+    fine-tuning trains everything, those statistics included.
+    """
 
     def __init__(self, model, backend, optim: OptimSettings, *, meta: dict[str, Any] | None = None,
-                 freeze_bn: bool = True):
+                 freeze_bn: bool | None = None):
         super().__init__()
         self.model = model
         self.backend = backend
         self.optim = optim
         self.meta = dict(meta or {})
-        self.freeze_bn = freeze_bn
+        self.freeze_bn = backend is not None if freeze_bn is None else freeze_bn
         self.strict_loading = False  # checkpoints hold only trainable weights
         self.val_outputs: list[dict] = []
         self.last_val: dict[str, float] = {}
