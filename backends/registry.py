@@ -161,3 +161,20 @@ def set_submodule(model: nn.Module, name: str, new: nn.Module) -> None:
     parent_name, _, child = name.rpartition(".")
     parent = model.get_submodule(parent_name) if parent_name else model
     setattr(parent, child, new)
+
+
+def check_adapter_keys(own: Iterable[str], state: dict[str, torch.Tensor]) -> None:
+    """Raise KeyError naming the first missing and unexpected adapter keys, if the two sets differ."""
+    own = set(own)
+    missing, unexpected = sorted(own - set(state)), sorted(set(state) - own)
+    if missing or unexpected:
+        raise KeyError(f"adapter keys do not match: missing {missing[:5]} ({len(missing)}), "
+                       f"unexpected {unexpected[:5]} ({len(unexpected)})")
+
+
+def copy_adapter_state(params: dict[str, nn.Parameter], state: dict[str, torch.Tensor]) -> None:
+    """Check that `state` has exactly the keys of `params`, then copy it in (each in its parameter's dtype)."""
+    check_adapter_keys(params, state)
+    with torch.no_grad():
+        for name, value in state.items():
+            params[name].copy_(value.to(params[name].dtype))

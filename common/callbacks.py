@@ -13,21 +13,28 @@ class MetricsCallback(Callback):
     """One record per optimizer step (mean loss over its micro-batches, lr, memory, audio seconds, and the
     total norm of the trainable gradients before clipping as `grad_norm`).
 
-    The loss is summed on the device and read once per optimizer step, together with the audio seconds and
-    the gradient norm: one host sync per step, not per micro-batch.
+    Loss, audio seconds and gradient norm stay on the device and are read in one go every `sync_every` steps
+    (and before any checkpoint is written and when training ends): reading a GPU value makes the host wait for
+    the GPU, and a step that waits can no longer queue the next step's kernels while this one computes. On a
+    CPU there is nothing to overlap, so every step is read at once. Records still come one per step.
     """
 
-    def __init__(self, log: MetricsLog, mem_every: int = 50):
+    def __init__(self, log: MetricsLog, mem_every: int = 50, sync_every: int | None = None):
         self.metrics = log
         self.mem_every = mem_every
+        self.sync_every = sync_every
         self._loss_sum = None
         self._audio_sum = None
         self._grad_norm = None
         self._micro = 0
         self._step_at_start = -1
+        self._pending: list[dict] = []  # finished steps whose figures are still on the device
+        self.last_loss = float("nan")
         self.audio_seconds = 0.0
 
     def on_train_start(self, trainer, pl_module) -> None:
+        if self.sync_every is None:
+            self.sync_every = 10 if pl_module.device.type == "cuda" else 1
         if torch.cuda.is_available():
             torch.cuda.reset_peak_memory_stats()
 
@@ -37,7 +44,7 @@ class MetricsCallback(Callback):
         pl_module.restore_rng()
 
     def on_before_optimizer_step(self, trainer, pl_module, optimizer) -> None:
-        # total norm of the trainable gradients before clipping; stays on the device until the step's one read
+        # total norm of the trainable gradients before clipping; stays on the device until it is read
         grads = [p.grad for group in optimizer.param_groups for p in group["params"] if p.grad is not None]
         self._grad_norm = torch.nn.utils.get_total_norm(grads) if grads else None
 
@@ -52,7 +59,6 @@ class MetricsCallback(Callback):
         if trainer.global_step == self._step_at_start:
             return  # still accumulating
         step = trainer.global_step
-        # loss, audio seconds and gradient norm are read together: one host sync per optimizer step
         parts = {"loss": self._loss_sum, "audio": self._audio_sum, "grad_norm": self._grad_norm}
         parts = {k: v for k, v in parts.items() if v is not None}
         device = self._loss_sum.device
@@ -60,27 +66,60 @@ class MetricsCallback(Callback):
         if trainer.world_size > 1:  # DDP: loss and audio summed over ranks (one small all-reduce per step)
             stacked = trainer.strategy.reduce(stacked, reduce_op="sum") / torch.tensor(
                 [trainer.world_size if k != "audio" else 1 for k in parts], device=device)
-        read = dict(zip(parts, stacked.tolist()))
-        mean_loss = read["loss"] / self._micro
-        audio_s = read.get("audio", 0.0)
-        grad_norm = read.get("grad_norm")
-        self.audio_seconds += audio_s
+        alloc, peak = _allocated_gb()
+        self._pending.append({"step": step, "keys": list(parts), "values": stacked, "micro": self._micro,
+                              "lr": trainer.optimizers[0].param_groups[0]["lr"], "epoch": trainer.current_epoch,
+                              "mem": alloc, "peak": peak})
         self._loss_sum, self._audio_sum, self._grad_norm, self._micro = None, None, None, 0
-        snap = memory_snapshot()
-        lr = trainer.optimizers[0].param_groups[0]["lr"]
-        mem = snap.get("alloc", snap.get("rss"))
-        peak = snap.get("peak", snap.get("rss"))
-        if trainer.global_rank == 0:  # one writer for metrics.jsonl and the MEM lines
-            self.metrics.write("train", step=step, loss=mean_loss, lr=lr, audio_s=round(audio_s, 3), mem_gb=round(mem, 4),
-                           peak_gb=round(peak, 4), epoch=trainer.current_epoch,
-                           **({"grad_norm": round(grad_norm, 6)} if grad_norm is not None else {}))
-            pl_module.log("train_loss", mean_loss, prog_bar=True, on_step=True, on_epoch=False)
-            if self.mem_every and step % self.mem_every == 0:
-                print(mem_line(f"step{step}", snap), flush=True)
-        if not math.isfinite(mean_loss):
-            from common.train import NonFiniteLoss
+        due_mem = self.mem_every and step % self.mem_every == 0
+        if len(self._pending) >= (self.sync_every or 1) or due_mem or step >= trainer.max_steps:
+            self.flush(trainer, pl_module)
+            if trainer.global_rank == 0:  # Lightning allows self.log here, not in the checkpoint/end hooks
+                pl_module.log("train_loss", self.last_loss, prog_bar=True, on_step=True, on_epoch=False)
 
-            raise NonFiniteLoss(step, mean_loss)
+    def on_save_checkpoint(self, trainer, pl_module, checkpoint) -> None:
+        self.flush(trainer, pl_module)  # a non-finite loss must stop the run before it is saved
+
+    def on_validation_start(self, trainer, pl_module) -> None:
+        self.flush(trainer, pl_module)  # keeps metrics.jsonl in step order around validation records
+
+    def on_train_end(self, trainer, pl_module) -> None:
+        self.flush(trainer, pl_module)
+
+    def flush(self, trainer, pl_module) -> None:
+        """Read the pending steps' figures (one host sync), write their records, check the losses."""
+        if not self._pending:
+            return
+        pending, self._pending = self._pending, []
+        flat = torch.cat([p["values"] for p in pending]).tolist()  # the one host sync
+        offset = 0
+        for p in pending:
+            read = dict(zip(p["keys"], flat[offset: offset + len(p["keys"])]))
+            offset += len(p["keys"])
+            mean_loss = read["loss"] / p["micro"]
+            audio_s = read.get("audio", 0.0)
+            grad_norm = read.get("grad_norm")
+            self.audio_seconds += audio_s
+            step = p["step"]
+            if trainer.global_rank == 0:  # one writer for metrics.jsonl and the MEM lines
+                self.metrics.write("train", step=step, loss=mean_loss, lr=p["lr"], audio_s=round(audio_s, 3),
+                                   mem_gb=round(p["mem"], 4), peak_gb=round(p["peak"], 4), epoch=p["epoch"],
+                                   **({"grad_norm": round(grad_norm, 6)} if grad_norm is not None else {}))
+                if self.mem_every and step % self.mem_every == 0:
+                    print(mem_line(f"step{step}", memory_snapshot()), flush=True)
+            if not math.isfinite(mean_loss):
+                from common.train import NonFiniteLoss
+
+                raise NonFiniteLoss(step, mean_loss)
+        self.last_loss = mean_loss
+
+
+def _allocated_gb() -> tuple[float, float]:
+    """Device memory now and at its peak (host-side allocator counters: no sync); process RSS on a CPU."""
+    if torch.cuda.is_available():
+        return torch.cuda.memory_allocated() / 2**30, torch.cuda.max_memory_allocated() / 2**30
+    rss = memory_snapshot()["rss"]
+    return rss, rss
 
 
 def oom_message(cfg) -> str:

@@ -11,6 +11,7 @@ from pathlib import Path
 
 from common.errors import UserError
 
+BASE_DTYPES = ("auto", "fp32", "bf16")
 PRECISIONS = {"bf16": "bf16-mixed", "fp16": "16-mixed", "16": "16-mixed", "32": "32-true", "fp32": "32-true"}
 SCHEDULES = ("cosine", "linear", "constant")
 LOGGERS = ("csv", "tb", "none")
@@ -63,6 +64,7 @@ class TrainConfig:
     devices: int = 1
     num_nodes: int = 1
     compile: bool = False
+    base_dtype: str = "auto"  # dtype the frozen base weights are held in while training
     eval_before: bool = True
     extra: dict = field(default_factory=dict)
 
@@ -96,6 +98,14 @@ def validate(cfg: TrainConfig) -> TrainConfig:
     if not isinstance(cfg.regression_threshold, (int, float)) or not -1.0 <= cfg.regression_threshold < float("inf"):
         problems.append(f"--regression_threshold must be a finite number >= -1 (0.05 flags a 5% relative WER rise), "
                         f"got {cfg.regression_threshold}")
+    if cfg.base_dtype not in BASE_DTYPES:
+        problems.append(f"--base_dtype {cfg.base_dtype!r} is not one of {', '.join(BASE_DTYPES)}")
+    elif cfg.base_dtype == "bf16" and cfg.full_finetune:
+        problems.append("--base_dtype bf16 holds frozen weights in bf16, but --full_finetune trains every weight: "
+                        "drop --base_dtype (or use fp32)")
+    elif cfg.base_dtype == "bf16" and cfg.precision not in (None, "bf16"):
+        problems.append(f"--base_dtype bf16 needs --precision bf16 (got {cfg.precision}): under {cfg.precision} "
+                        f"the bf16 weights would be rounded again; use --base_dtype fp32")
     if not 0.0 <= cfg.lora_dropout < 1.0:
         problems.append(f"--lora_dropout must be in [0, 1), got {cfg.lora_dropout}")
     if cfg.precision is not None and cfg.precision not in PRECISIONS:
@@ -152,6 +162,10 @@ def build_parser(prog: str = "finetune_canary.py") -> argparse.ArgumentParser:
     g.add_argument("--precision", default=d.precision, choices=sorted(PRECISIONS),
                    help="bf16 (default where supported), fp16 (bf16-less GPUs) or 32")
     g.add_argument("--num_workers", type=int, default=d.num_workers, help="data loader workers (0 on Windows)")
+    g.add_argument("--base_dtype", default=d.base_dtype, choices=BASE_DTYPES,
+                   help="dtype of the frozen base weights while training: auto = bf16 under bf16 precision on a "
+                        "GPU (same numbers, less memory, fewer kernels), else fp32; the export always merges into "
+                        "the original fp32 weights")
     g.add_argument("--vram_budget_gb", type=float, default=d.vram_budget_gb,
                    help="cap the CUDA allocator to this many GB, to behave like a smaller card")
     g = p.add_argument_group("LoRA")
@@ -214,6 +228,17 @@ def resolve_precision(requested: str | None) -> tuple[str, str | None]:
         return "16-mixed", ("This GPU has no bf16 support: training in fp16 mixed precision with loss scaling "
                             "(pass --precision to choose).")
     return "bf16-mixed", None
+
+
+def resolve_base_dtype(choice: str, precision: str, full_finetune: bool) -> str:
+    """'bf16' or 'fp32' for the frozen base. auto: bf16 exactly when the layers compute in bf16 anyway
+    (bf16-mixed on a GPU) and nothing of the base trains."""
+    import torch
+
+    if choice != "auto":
+        return choice
+    gpu = torch.cuda.is_available()
+    return "bf16" if gpu and precision == "bf16-mixed" and not full_finetune else "fp32"
 
 
 def exp_paths(exp_dir: str | Path) -> dict[str, Path]:

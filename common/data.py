@@ -150,6 +150,7 @@ class LoaderSettings:
     seed: int = 42
     world_size: int = 1
     rank: int = 0
+    drop_last: bool = False  # drop a short last batch (benchmarks: a new shape would recompile a compiled model)
 
 
 def make_loader(cuts_path: Path, tokenizer, prompt, settings: LoaderSettings, *, train: bool):
@@ -163,10 +164,11 @@ def make_loader(cuts_path: Path, tokenizer, prompt, settings: LoaderSettings, *,
     common = dict(world_size=settings.world_size, rank=settings.rank, seed=settings.seed)
     if train and settings.batch_duration:
         sampler = DynamicBucketingSampler(cuts, max_duration=settings.batch_duration,
-                                          num_buckets=settings.num_buckets, shuffle=True, drop_last=False,
+                                          num_buckets=settings.num_buckets, shuffle=True, drop_last=settings.drop_last,
                                           **common)
     else:
-        sampler = DynamicCutSampler(cuts, max_cuts=settings.batch_size, shuffle=train, drop_last=False, **common)
+        sampler = DynamicCutSampler(cuts, max_cuts=settings.batch_size, shuffle=train,
+                                    drop_last=train and settings.drop_last, **common)
     sampler = ResumableSampler(sampler)
     dataset = PromptedAudioToTextLhotseDataset(tokenizer=tokenizer, prompt=prompt)
     # A private generator: creating an iterator draws a seed from it, and drawing from the global RNG instead

@@ -40,13 +40,19 @@ def state_keys(model) -> set[str]:
 
 
 def export_model(module, backend, info: NemoInfo, out: Path, val_loader,
-                 base_keys: set[str] | None = None) -> tuple[Path, list[str], dict]:
+                 base_keys: set[str] | None = None, fp32_base: dict | None = None) -> tuple[Path, list[str], dict]:
     """Merge (or, for unmergeable backends, keep adapters), save, restore and compare. Returns the export path,
-    the source-archive members copied over, and the check's figures."""
+    the source-archive members copied over, and the check's figures.
+
+    `fp32_base`: base weights that trained in bf16 ({key: parameter}); their original fp32 values are read back
+    from the source `.nemo` first, so the adapters fold into exactly the weights the user gave.
+    """
     from nemo.collections.asr.models import EncDecMultiTaskModel
 
     model = module.model
     model.cpu().float()
+    if fp32_base:
+        model_io.restore_fp32_base(fp32_base, info.path)
     batch = fixed_batch(val_loader)
     reference = log_probs(model, batch)
     if backend is not None:

@@ -34,6 +34,66 @@ def freeze(model: torch.nn.Module) -> None:
         p.requires_grad_(False)
 
 
+def cast_frozen_base(model: torch.nn.Module, dtype: torch.dtype) -> dict[str, torch.nn.Parameter]:
+    """Hold the frozen weights of `nn.Linear` and convolution layers in `dtype` (call before adapters exist).
+
+    Under bf16 autocast these layers compute in bf16 anyway, and autocast casts their fp32 weights on every
+    call: holding them in bf16 gives the same numbers without thousands of cast kernels per step, and halves
+    their memory. Norms, positional biases and embeddings stay fp32 (their ops do not autocast). A weight
+    shared by two modules (Canary's output head is tied to the token embedding) is left alone, and so are
+    the small Conv2d layers of the subsampling front end: NeMo builds its positional tables in the dtype of
+    the encoder's first parameter, and those must stay fp32.
+    Returns {state-dict key: parameter} of what was cast, so the export can put the original fp32 values back.
+    """
+    uses: dict[int, int] = {}
+    for _, p in model.named_parameters(remove_duplicate=False):
+        uses[id(p)] = uses.get(id(p), 0) + 1
+    cast: dict[str, torch.nn.Parameter] = {}
+    kinds = (torch.nn.Linear, torch.nn.Conv1d)
+    for mod_name, module in model.named_modules():
+        if not isinstance(module, kinds):
+            continue
+        for p_name, p in module.named_parameters(recurse=False):
+            if p.requires_grad or uses[id(p)] > 1 or not p.is_floating_point():
+                continue
+            p.data = p.data.to(dtype)
+            cast[f"{mod_name}.{p_name}" if mod_name else p_name] = p
+    return cast
+
+
+def restore_fp32_base(cast: dict[str, torch.nn.Parameter], source: Path) -> int:
+    """Put the source checkpoint's own fp32 values back into the parameters `cast_frozen_base` cast.
+
+    The merge must fold adapters into the original fp32 weights, not into their bf16 rounding.
+    """
+    if not cast:
+        return 0
+    state = _read_weights(Path(source))
+    missing = [k for k in cast if k not in state]
+    if missing:
+        raise KeyError(f"{source} lacks weights for {missing[:3]} ({len(missing)} keys): cannot restore fp32 base")
+    with torch.no_grad():
+        for key, p in cast.items():
+            p.data = state[key].to(device=p.device, dtype=torch.float32).clone()
+    return len(cast)
+
+
+def _read_weights(nemo: Path) -> dict[str, torch.Tensor]:
+    """The state dict stored in a `.nemo` archive (`model_weights.ckpt`), read on CPU."""
+    import tempfile
+
+    with tarfile.open(nemo, "r:*") as tar:
+        member = next((m for m in tar.getmembers() if m.name.rsplit("/", 1)[-1] == "model_weights.ckpt"), None)
+        if member is None:
+            raise FileNotFoundError(f"{nemo} has no model_weights.ckpt")
+        with tempfile.TemporaryDirectory(prefix="canary_weights_") as tmp:
+            path = Path(tmp) / "model_weights.ckpt"
+            with tar.extractfile(member) as src, open(path, "wb") as dst:
+                while chunk := src.read(1 << 24):
+                    dst.write(chunk)
+            return torch.load(path, map_location="cpu", weights_only=True)
+
+
 def save_nemo(model, out: str | Path, *, source: NemoInfo | None = None) -> list[str]:
     """`save_to` through a temporary name, then copy in source-archive files the model does not rebuild.
 

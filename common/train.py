@@ -5,6 +5,7 @@ output folders), so bad input costs a second, not a model load.
 """
 from __future__ import annotations
 
+import functools
 import json
 import os
 import sys
@@ -12,7 +13,7 @@ import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from common.config import TrainConfig, exp_paths, resolve_precision
+from common.config import TrainConfig, exp_paths, resolve_base_dtype, resolve_precision
 from common.errors import UserError
 from common.manifest import check_writable_dir, load_manifest
 from common.preflight import check_languages, inspect_nemo, sha256_file
@@ -110,12 +111,12 @@ def run(cfg: TrainConfig) -> RunResult:
 
     base_sha = sha256_file(info.path)
     model = model_io.restore(info.path, info=info)
-    model_io.freeze(model)
     base_keys = set(model.state_dict().keys())
     spec = registry.AdapterSpec(r=cfg.lora_r, alpha=cfg.lora_alpha, dropout=cfg.lora_dropout,
                                 targets=cfg.targets or registry.DEFAULT_TARGETS, adapter_dim=cfg.adapter_dim)
     backend = None if cfg.full_finetune else registry.get(cfg.backend)
-    adapted = adapt(model, backend, spec, cfg.debug_linear)
+    base_dtype = resolve_base_dtype(cfg.base_dtype, precision, cfg.full_finetune)
+    adapted, cast = prepare(model, backend, spec, base_dtype=base_dtype, debug_linear=cfg.debug_linear)
     trainable = sum(p.numel() for p in model.parameters() if p.requires_grad)
     total = sum(p.numel() for p in model.parameters())
     print(f"[lora] {'full fine-tuning' if backend is None else 'backend ' + backend.name}: {len(adapted)} modules, "
@@ -251,10 +252,33 @@ def run(cfg: TrainConfig) -> RunResult:
             from common.export import export_model
 
             result.export, result.kept_members, result.export_check = export_model(
-                module, backend, info, export_path, val_dl, base_keys)
+                module, backend, info, export_path, val_dl, base_keys, fp32_base=cast)
         result.wall_s = time.time() - t_start
         write_report(paths, cfg, result, meta, total, stats)
     return result
+
+
+def prepare(model, backend, spec, *, base_dtype: str = "fp32", debug_linear: int = 0):
+    """Freeze the base, hold it in `base_dtype`, apply the backend (or unfreeze all for full fine-tuning).
+
+    Returns the adapted module names and {key: parameter} of the base weights cast to bf16 (for the export).
+    """
+    import torch
+
+    from common import model_io
+
+    model_io.freeze(model)
+    cast = model_io.cast_frozen_base(model, torch.bfloat16) if base_dtype == "bf16" else {}
+    adapted = adapt(model, backend, spec, debug_linear)
+    for p in model.parameters():
+        # adapters are the optimizer's master weights: fp32 whatever the base holds (PEFT copies its dtype)
+        if p.requires_grad and p.dtype != torch.float32:
+            p.data = p.data.float()
+    if cast:
+        mb = sum(p.numel() for p in cast.values()) * 2 / 2**20
+        print(f"[memory] frozen base held in bf16: {len(cast)} weight tensors ({mb:,.0f} MiB); the export merges "
+              f"into the original fp32 weights", flush=True)
+    return adapted, cast
 
 
 def adapt(model, backend, spec, debug_linear: int) -> list[str]:
@@ -320,14 +344,63 @@ def make_logger(kind: str, root: Path):
     return CSVLogger(str(root), name="logs", version="")
 
 
-def compile_encoder(model) -> None:
+def compile_encoder(model) -> bool:
+    """torch.compile the encoder's and the decoder's layers in place, for training steps; eager otherwise.
+
+    One compiled function serves each stack (its layers share their code; their weights are inputs), so
+    compiling costs one layer's time per stack, not 40 layers'. Compiling the whole encoder as one graph took
+    minutes on canary-1b-v2's 32 layers, and its training step turned the loss to NaN. Validation and decoding
+    stay eager: their shapes change every call (batch sizes, generated lengths) and would recompile endlessly.
+    The modules stay as they are, so state-dict keys (checkpoints, exports) are the same with and without
+    --compile. Compiling happens on the first call, so errors surface there: that stack then runs eagerly.
+    """
     import torch
 
-    try:
-        model.encoder = torch.compile(model.encoder, dynamic=True)
-        print("[compile] encoder wrapped with torch.compile (first steps are slow while it compiles)", flush=True)
-    except Exception as e:  # platform without a working compiler: train uncompiled
-        print(f"[compile] torch.compile unavailable ({type(e).__name__}: {e}); training without it", flush=True)
+    stacks = {"encoder": list(getattr(model.encoder, "layers", []))}
+    decoder = getattr(getattr(model, "transf_decoder", None), "_decoder", None)
+    stacks["decoder"] = list(getattr(decoder, "layers", []))
+    done = []
+    for name, layers in stacks.items():
+        if not layers or len({type(layer) for layer in layers}) != 1:
+            continue
+        try:
+            compiled = torch.compile(type(layers[0]).forward)
+        except Exception as e:  # noqa: BLE001 - a platform without a working compiler: train uncompiled
+            print(f"[compile] torch.compile unavailable ({type(e).__name__}: {e}); training without it", flush=True)
+            return False
+        _route_layers(name, layers, type(layers[0]).forward, compiled)
+        done.append(f"{len(layers)} {name}")
+    if not done:
+        print("[compile] no uniform layer stack to compile; training without torch.compile", flush=True)
+        return False
+    print(f"[compile] {' and '.join(done)} layers compiled with torch.compile for training steps (the first step "
+          f"is slow while it compiles)", flush=True)
+    return True
+
+
+def _route_layers(name: str, layers: list, eager, compiled) -> None:
+    """Make each layer call `compiled` in training mode and `eager` otherwise; the first failure turns the
+    compiled path off for the whole stack, with a warning."""
+    import torch
+
+    state = {"fn": compiled}
+
+    def call(layer, *args, **kwargs):
+        fn = state["fn"]
+        if fn is not None and layer.training and torch.is_grad_enabled():
+            try:
+                return fn(layer, *args, **kwargs)
+            except torch.cuda.OutOfMemoryError:
+                raise
+            except Exception as e:  # noqa: BLE001 - any compiler failure: keep training, eagerly
+                state["fn"] = None
+                first = " ".join(str(e).split())[:300]
+                print(f"[compile] torch.compile failed on the {name} ({type(e).__name__}: {first}); continuing "
+                      f"without it", flush=True)
+        return eager(layer, *args, **kwargs)
+
+    for layer in layers:
+        layer.forward = functools.partial(call, layer)
 
 
 def write_run_json(path: Path, cfg, meta, adapted, trainable, total, cut_paths, precision, resume_path) -> None:

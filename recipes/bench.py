@@ -31,7 +31,7 @@ from common.cli import run_main  # noqa: E402
 from common.errors import UserError  # noqa: E402
 
 MODES = ("linear", "peft", "nemo", "full", "forward")
-SECTIONS = ("bench", "env12", "env48", "env48c")
+SECTIONS = ("bench", "env12", "env48", "env48c", "perf")
 
 
 @dataclass(frozen=True)
@@ -65,7 +65,7 @@ class Scale:
 
 GPU = Scale(clip_s=15.0, n_clips=256, sizes=(8, 32), search_start=40, search_step=8, search_max=512,
             mixed=(2.0, 30.0), mixed_clips=384, batch_duration=480.0, budget_gb=48.0, peak_limit_gb=46.0,
-            warmup=2, steps=5)
+            warmup=3, steps=8)
 # On a CPU the caps and peak limits mean nothing (no CUDA allocator); the search just stops at search_max.
 TINY = Scale(clip_s=2.0, n_clips=48, sizes=(2, 4), search_start=8, search_step=8, search_max=8,
              mixed=(1.0, 4.0), mixed_clips=48, batch_duration=8.0, budget_gb=None, peak_limit_gb=None,
@@ -272,6 +272,35 @@ def envelope48(runner, sets: Sets, scale: Scale, workers: int, add, *, compiled:
     return notes
 
 
+def perf_changes(runner, sets: Sets, scale: Scale, workers: int, add) -> list[str]:
+    """Before/after of each speed change at the bench's clip length and bs 32 (its second size): the baseline
+    path (fp32 frozen base), the bf16 base, and the bf16 base with the encoder compiled; then the largest
+    compiled linear batch that fits the budget."""
+    from common.bench import BenchConfig, largest_batch
+
+    data = sets.get(scale.clip_s, scale.n_clips)
+    bs = scale.sizes[-1]
+    for cfg in (BenchConfig("forward", bs, base_dtype="fp32", num_workers=workers),
+                BenchConfig("linear", bs, base_dtype="fp32", num_workers=workers),
+                BenchConfig("forward", bs, num_workers=workers),
+                BenchConfig("linear", bs, num_workers=workers),
+                BenchConfig("linear", bs, compile=True, num_workers=workers),
+                BenchConfig("full", bs, num_workers=workers),
+                BenchConfig("full", bs, compile=True, num_workers=workers),
+                BenchConfig("peft", bs, compile=True, num_workers=workers),
+                BenchConfig("nemo", bs, compile=True, num_workers=workers)):
+        add(runner.run(cfg, data))
+    rows, best = largest_batch(
+        lambda b: add(runner.run(BenchConfig("linear", b, compile=True, vram_budget_gb=scale.budget_gb,
+                                             num_workers=workers, tag="search"), data)),
+        scale.search_start + scale.search_step, scale.search_step, peak_limit_gb=scale.peak_limit_gb,
+        max_bs=scale.search_max)
+    if best is None:
+        return ["No compiled linear batch above bs 32 fit the budget (see the search rows)."]
+    return [f"Largest compiled linear batch at {data.label}: bs {best['bs']}: {best['audio_s_per_s']} audio s/s, "
+            f"peak {best['peak_gb']} GB."]
+
+
 def gpu_suite(args) -> int:
     from common.bench import Report
 
@@ -293,7 +322,9 @@ def gpu_suite(args) -> int:
             f"; the search and bucketed rows under a {scale.budget_gb:g} GB cap)" if scale.budget_gb else ")"),
         "env12": f"12 GB envelope: bs/accum ladder under an {scale.env12_budget_gb:g} GB cap, linear backend",
         "env48": f"48 GB envelope: {scale.env48_clip_s:g} s clips under a {scale.env48_budget_gb:g} GB cap",
-        "env48c": f"48 GB envelope with the encoder compiled (torch.compile, dynamic shapes)",
+        "env48c": "48 GB envelope with the encoder compiled (torch.compile)",
+        "perf": f"Speed changes at {scale.clip_s:g} s clips, bs {scale.sizes[-1]}: fp32 base (baseline) -> bf16 "
+                f"base -> compiled encoder",
     }
     print(f"[suite] sections: {', '.join(sections)}; output: {report.out_dir}/gpu_suite.md + .json", flush=True)
     import torch
@@ -310,6 +341,8 @@ def gpu_suite(args) -> int:
         t = time.monotonic()
         if name == "bench":
             section.notes += bench_table(runner, sets, scale, workers, args.configs, add)
+        elif name == "perf":
+            section.notes += perf_changes(runner, sets, scale, workers, add)
         elif name == "env12":
             section.notes += envelope12(runner, sets, scale, workers, add)
         else:

@@ -3,13 +3,11 @@ from __future__ import annotations
 
 import json
 import re
-import shutil
-from pathlib import Path
 
 import pytest
 import torch
 
-from common.config import TrainConfig, build_parser, parse_args
+from common.config import build_parser, parse_args
 from common.errors import UserError
 
 
@@ -205,3 +203,34 @@ def test_full_run_trains_only_lora_freezes_batchnorm_and_exports_base_keys(tmp_p
     assert any("batch_norm.running_mean" in k for k in base)
     records = [json.loads(line) for line in (exp / "metrics.jsonl").read_text().splitlines()]
     assert [r["step"] for r in records if r["kind"] == "train"] == [1, 2, 3, 4, 5, 6]
+
+
+def test_bf16_base_trains_and_exports_into_the_original_fp32_weights(tmp_path, embedded, capsys):
+    """--base_dtype bf16 holds frozen Linear/Conv1d weights in bf16 while training; the export must still merge
+    into the user's exact fp32 weights (not their bf16 rounding), and leave every other weight bit-identical."""
+    from common.model_io import restore
+    from common.preflight import inspect_nemo
+    from common.train import run
+
+    cfg = parse_args([
+        "--nemo", str(embedded.random_nemo), "--train", str(embedded.data.adapt_train),
+        "--val", str(embedded.data.adapt_val), "--precision", "bf16", "--base_dtype", "bf16", "--bs", "4",
+        "--accum", "1", "--max_steps", "3", "--val_every_n_steps", "3", "--save_every", "3", "--lr", "1e-2",
+        "--warmup_steps", "1", "--max_train_cuts", "12", "--limit_val_batches", "1", "--no_eval_before",
+        "--exp_dir", str(tmp_path / "exp"), "--export_nemo", str(tmp_path / "merged.nemo"),
+        "--data_dir", str(tmp_path / "data"), "--log", "none"])
+    result = run(cfg)
+    out = capsys.readouterr().out
+    assert result.status == "finished" and result.export_check["ok"], result.export_check
+    assert "[memory] frozen base held in bf16" in out
+    base = restore(embedded.random_nemo, info=inspect_nemo(embedded.random_nemo)).state_dict()
+    merged = restore(result.export, info=inspect_nemo(result.export)).state_dict()
+    adapted = {f"{n}.weight" for n in result.adapted}
+    assert all(v.dtype != torch.bfloat16 for v in merged.values())
+    untouched = [k for k in base if k not in adapted]
+    # weights that trained in bf16 without an adapter (convolutions, positional projections) come back exact
+    cast_untouched = {"encoder.layers.0.conv.pointwise_conv1.weight", "encoder.layers.0.self_attn.linear_pos.weight"}
+    assert cast_untouched <= set(untouched)
+    assert all(not torch.equal(base[k], base[k].bfloat16().float()) for k in cast_untouched)  # bf16 would differ
+    assert all(torch.equal(base[k], merged[k]) for k in untouched)  # exact fp32 values, not bf16-rounded
+    assert all(not torch.equal(base[k], merged[k]) for k in adapted)  # the adapters were merged

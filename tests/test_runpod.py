@@ -59,3 +59,43 @@ def test_without_a_gpu_it_says_so_and_trains_the_tiny_default(tmp_path):
     assert "--lora_r 16" in r.stdout and "--lora_dropout 0.05" in r.stdout and "--bs 8" in r.stdout
     assert export.exists() and (out / "report.md").exists()
     assert "restore check: OK" in r.stdout
+
+
+def _compile_run(tmp_path, embedded, name: str):
+    from common.config import parse_args
+    from common.train import run
+
+    return run(parse_args([
+        "--nemo", str(embedded.random_nemo), "--train", str(embedded.data.adapt_train),
+        "--val", str(embedded.data.adapt_val), "--precision", "32", "--compile", "--bs", "4", "--accum", "1",
+        "--max_steps", "2", "--val_every_n_steps", "2", "--save_every", "2", "--warmup_steps", "1",
+        "--max_train_cuts", "8", "--limit_val_batches", "1", "--no_eval_before", "--log", "none",
+        "--exp_dir", str(tmp_path / name), "--export_nemo", str(tmp_path / f"{name}.nemo"),
+        "--data_dir", str(tmp_path / "data")]))
+
+
+def test_compile_failure_falls_back_to_eager_with_a_warning(tmp_path, embedded, capsys, monkeypatch):
+    """A compiler that breaks on first use (a missing C compiler, an unsupported op) must not end the run."""
+    import torch
+
+    def broken_compile(fn, *args, **kwargs):
+        def call(*a, **k):
+            raise RuntimeError("backend compiler failed: no working C++ compiler found")
+        return call
+
+    monkeypatch.setattr(torch, "compile", broken_compile)
+    result = _compile_run(tmp_path, embedded, "broken")
+    out = capsys.readouterr().out
+    assert result.status == "finished" and result.global_step == 2 and result.export_check["ok"]
+    assert "[compile] 2 encoder and 2 decoder layers compiled" in out
+    assert "[compile] torch.compile failed on the encoder (RuntimeError: backend compiler failed" in out
+    assert "continuing without it" in out
+
+
+@pytest.mark.slow
+def test_compiled_training_matches_eager_keys_and_exports(tmp_path, embedded, capsys):
+    """Real torch.compile (Inductor) on the CPU: trains, validates eagerly, exports with the base's keys."""
+    result = _compile_run(tmp_path, embedded, "compiled")
+    out = capsys.readouterr().out
+    assert result.status == "finished" and result.export_check["ok"] and result.export_check["keys_equal_base"]
+    assert "torch.compile failed" not in out

@@ -7,7 +7,7 @@ import torch
 from torch import nn
 
 from backends.linear.layer import LoRALinear
-from backends.registry import AdapterSpec, Applied, match_targets, set_submodule
+from backends.registry import AdapterSpec, Applied, copy_adapter_state, match_targets, set_submodule
 
 
 def _lora_layers(model: nn.Module) -> list[tuple[str, LoRALinear]]:
@@ -32,15 +32,7 @@ class LinearBackend:
         return {n: p.detach().clone() for n, p in self.trainable_parameters(model)}
 
     def load_adapter_state_dict(self, model: nn.Module, state: dict[str, torch.Tensor]) -> None:
-        own = dict(self.trainable_parameters(model))
-        missing = sorted(set(own) - set(state))
-        unexpected = sorted(set(state) - set(own))
-        if missing or unexpected:
-            raise KeyError(f"adapter keys do not match: missing {missing[:5]} ({len(missing)}), "
-                           f"unexpected {unexpected[:5]} ({len(unexpected)})")
-        with torch.no_grad():
-            for name, value in state.items():
-                own[name].copy_(value.to(own[name].dtype))
+        copy_adapter_state(dict(self.trainable_parameters(model)), state)
 
     def set_enabled(self, model: nn.Module, enabled: bool) -> None:
         for _, layer in _lora_layers(model):

@@ -16,7 +16,7 @@ from torch import nn
 
 from backends.nemo.layer import (LOCATIONS, adapter_config, adapter_modules, class_path, decoder_cfg,
                                  is_adapter_param, location_width)
-from backends.registry import DEFAULT_TARGETS, AdapterSpec, Applied
+from backends.registry import DEFAULT_TARGETS, AdapterSpec, Applied, copy_adapter_state
 
 
 class NemoAdapterBackend:
@@ -48,14 +48,7 @@ class NemoAdapterBackend:
         return {n: p.detach().clone() for n, p in self.trainable_parameters(model)}
 
     def load_adapter_state_dict(self, model: nn.Module, state: dict[str, torch.Tensor]) -> None:
-        own = dict(self.trainable_parameters(model))
-        missing, unexpected = sorted(set(own) - set(state)), sorted(set(state) - set(own))
-        if missing or unexpected:
-            raise KeyError(f"adapter keys do not match: missing {missing[:5]} ({len(missing)}), "
-                           f"unexpected {unexpected[:5]} ({len(unexpected)})")
-        with torch.no_grad():
-            for name, value in state.items():
-                own[name].copy_(value.to(own[name].dtype))
+        copy_adapter_state(dict(self.trainable_parameters(model)), state)
 
     def set_enabled(self, model: nn.Module, enabled: bool) -> None:
         model.set_enabled_adapters(enabled=enabled)

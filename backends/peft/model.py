@@ -13,7 +13,7 @@ from peft.utils import get_peft_model_state_dict, set_peft_model_state_dict
 from torch import nn
 
 from backends.peft.layer import ADAPTER, delta_is_finite, is_lora_param, lora_layers, merge_layer, saved_name
-from backends.registry import AdapterSpec, Applied, match_targets, set_submodule
+from backends.registry import AdapterSpec, Applied, check_adapter_keys, match_targets, set_submodule
 
 
 class PeftBackend:
@@ -31,6 +31,11 @@ class PeftBackend:
         if wrapped != names:  # PEFT matches by suffix: make sure it wrapped exactly what was asked, nothing more
             extra, missing = sorted(set(wrapped) - set(names)), sorted(set(names) - set(wrapped))
             raise RuntimeError(f"PEFT wrapped other modules than requested: extra {extra[:5]}, missing {missing[:5]}")
+        for _, layer in lora_layers(model):
+            # PEFT casts each layer's input to the adapter's dtype (fp32 here) before the LoRA branch; under
+            # bf16 autocast the matmul casts it straight back, so the two full-activation copies per layer buy
+            # nothing. This is the attribute behind peft.helpers.disable_input_dtype_casting.
+            layer.cast_input_dtype_enabled = False
         return Applied(modules=names, notes=notes)
 
     def trainable_parameters(self, model: nn.Module) -> list[tuple[str, nn.Parameter]]:
@@ -42,11 +47,7 @@ class PeftBackend:
         return {k: v.detach().clone() for k, v in state.items()}
 
     def load_adapter_state_dict(self, model: nn.Module, state: dict[str, torch.Tensor]) -> None:
-        own = {saved_name(n) for n, _ in self.trainable_parameters(model)}
-        missing, unexpected = sorted(own - set(state)), sorted(set(state) - own)
-        if missing or unexpected:
-            raise KeyError(f"adapter keys do not match: missing {missing[:5]} ({len(missing)}), "
-                           f"unexpected {unexpected[:5]} ({len(unexpected)})")
+        check_adapter_keys((saved_name(n) for n, _ in self.trainable_parameters(model)), state)
         result = set_peft_model_state_dict(model, state, adapter_name=ADAPTER)
         if result.unexpected_keys:
             raise KeyError(f"PEFT did not place adapter keys {sorted(result.unexpected_keys)[:5]}")
