@@ -11,9 +11,11 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from common.cli import run_main  # noqa: E402
 from common.config import parse_args  # noqa: E402
+from common.import_guard import guard_linear_path  # noqa: E402
 
 
 def main(argv: list[str] | None = None) -> int:
+    guard_linear_path(sys.argv[1:] if argv is None else argv)  # before NeMo loads: see common/import_guard.py
     cfg = parse_args(argv)
     from common.train import run
 

@@ -22,8 +22,10 @@ DRYRUN = ["--max_train_cuts", "16", "--max_steps", "4", "--bs", "2", "--accum", 
 
 def main(argv: list[str] | None = None) -> int:
     from common.config import parse_args
+    from common.import_guard import guard_linear_path
 
     user = list(sys.argv[1:] if argv is None else argv)
+    guard_linear_path(user)  # the Windows path: keep triton/apex/megatron/deepspeed out (common/import_guard.py)
     base = []
     if "--nemo" not in user:
         from common.embedded import ensure_embedded
