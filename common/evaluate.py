@@ -23,6 +23,7 @@ from typing import Any, Iterable, Sequence
 
 from common.atomic import write_text
 from common.errors import UserError
+from common.manifest import fmt_duration
 from common.metrics import NORMALIZATIONS, ErrorRate, utterance_errors
 
 DEFAULT_OUT = "exp/eval"
@@ -152,14 +153,6 @@ def fmt_change(before: float | None, after: float | None) -> str:
     if before is None or after is None:
         return "n/a"
     return f"{100 * (after - before):+.2f} pts ({fmt_rel(relative_change(before, after))})"
-
-
-def fmt_duration(seconds: float) -> str:
-    if seconds >= 3600:
-        return f"{seconds / 3600:.2f} h"
-    if seconds >= 120:
-        return f"{seconds / 60:.1f} min"
-    return f"{seconds:.1f} s"
 
 
 def cell(text: Any, limit: int = 90) -> str:

@@ -93,7 +93,7 @@ class ManifestReport:
 
     def summary(self) -> str:
         """One line, e.g. `train.jsonl: 118 clips, 0.42 h; 2 dropped as too long; 1 skipped`."""
-        parts = [f"{self.path.name}: {_plural(len(self.entries), 'clip')}, {_fmt_hours(self.total_duration)}"]
+        parts = [f"{self.path.name}: {_plural(len(self.entries), 'clip')}, {fmt_duration(self.total_duration)}"]
         if self.dropped_too_long:
             parts.append(f"{len(self.dropped_too_long)} dropped as too long")
         if self.skipped:
@@ -679,9 +679,10 @@ def _reason(e: BaseException) -> str:
     return getattr(e, "strerror", None) or str(e) or type(e).__name__
 
 
-def _fmt_hours(seconds: float) -> str:
-    if seconds >= 360:
+def fmt_duration(seconds: float) -> str:
+    """`12.5 s`, `4.2 min` or `1.30 h`: the unit that keeps the number readable."""
+    if seconds >= 3600:
         return f"{seconds / 3600:.2f} h"
-    if seconds >= 60:
+    if seconds >= 120:
         return f"{seconds / 60:.1f} min"
     return f"{seconds:.1f} s"

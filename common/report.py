@@ -21,12 +21,12 @@ from common.atomic import write_text
 from common.evaluate import (
     cell,
     fmt_change,
-    fmt_duration,
     fmt_pct,
     fmt_rel,
     regression_check,
     table,
 )
+from common.manifest import fmt_duration
 from common.metrics import utterance_errors
 
 SHOWN_EXAMPLES = 10  # validation utterances whose transcript changed most

@@ -338,7 +338,7 @@ def test_relative_paths_resolved_against_manifest_folder(tmp_path: Path, monkeyp
     data = tmp_path / "data"
     wav(data / "clips" / "a.wav")
     wav(tmp_path / "b.wav")
-    m = write_manifest(data / "m.jsonl", [entry("clips/a.wav"), entry("./clips/a.wav"), entry("../b.wav")])
+    write_manifest(data / "m.jsonl", [entry("clips/a.wav"), entry("./clips/a.wav"), entry("../b.wav")])
     monkeypatch.chdir(tmp_path)  # the working directory must not matter
     report = load_manifest(Path("data/m.jsonl"))
     paths = [e.audio_filepath for e in report.entries]
