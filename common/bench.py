@@ -21,6 +21,7 @@ import io
 import json
 import math
 import os
+import re
 import shlex
 import statistics
 import sys
@@ -411,7 +412,8 @@ def _make_step_timer(warmup: int, total: int):
     return StepTimer()
 
 
-def _train_steps(model, cfg: BenchConfig, cuts_path: Path, warmup: int, steps: int, work_dir: Path) -> dict:
+def _train_steps(model, cfg: BenchConfig, cuts_path: Path, warmup: int, steps: int, work_dir: Path,
+                 profile_dir: Path | None = None) -> dict:
     """The real training step through Lightning, as `common.train.run` sets it up."""
     import lightning.pytorch as pl
     import torch
@@ -449,6 +451,8 @@ def _train_steps(model, cfg: BenchConfig, cuts_path: Path, warmup: int, steps: i
         limit_val_batches=0, num_sanity_val_steps=0, logger=False, enable_checkpointing=False,
         enable_progress_bar=False, enable_model_summary=False, use_distributed_sampler=False, log_every_n_steps=1,
         default_root_dir=str(work_dir), callbacks=[MetricsCallback(MetricsLog(metrics), mem_every=0), timer],
+        # host time per Lightning action (forward, backward, optimizer, data): where a launch-bound step goes
+        profiler=_profiler(profile_dir, cfg) if profile_dir else None,
     )
     if torch.cuda.is_available():
         torch.cuda.reset_peak_memory_stats()
@@ -456,6 +460,13 @@ def _train_steps(model, cfg: BenchConfig, cuts_path: Path, warmup: int, steps: i
     peak = torch.cuda.max_memory_allocated() / GB if torch.cuda.is_available() else timer.peak_rss_gb
     return {"step_s": timer.step_s, "audio_s": timer.audio_s, "clips": timer.clips, "peak_gb": peak,
             "trainable_params": trainable, "window_s": timer.window_s}
+
+
+def _profiler(profile_dir: Path, cfg: BenchConfig):
+    from lightning.pytorch.profilers import SimpleProfiler
+
+    name = re.sub(r"[^A-Za-z0-9_.-]+", "_", cfg.label)
+    return SimpleProfiler(dirpath=str(profile_dir), filename=name)  # writes fit-<name>.txt
 
 
 def _forward_steps(model, cfg: BenchConfig, cuts_path: Path, warmup: int, steps: int) -> dict:
@@ -540,7 +551,7 @@ def _free(compiled: bool) -> None:
 
 
 def measure_one(model_factory: Callable[[], object], cfg: BenchConfig, data: SyntheticSet, cuts_path: Path,
-                warmup: int, steps: int, work_dir: Path) -> dict:
+                warmup: int, steps: int, work_dir: Path, profile_dir: Path | None = None) -> dict:
     """Build, adapt and run one configuration; never raises for OOM or a failing config (status says why)."""
     import lightning.pytorch as pl
     import torch
@@ -553,7 +564,7 @@ def measure_one(model_factory: Callable[[], object], cfg: BenchConfig, data: Syn
     torch.set_float32_matmul_precision("high")
     result = None
     try:
-        result = _run_config(model_factory, cfg, cuts_path, warmup, steps, work_dir)
+        result = _run_config(model_factory, cfg, cuts_path, warmup, steps, work_dir, profile_dir)
     except KeyboardInterrupt:
         raise
     except Exception as e:  # noqa: BLE001 - one bad configuration must not end a long measuring run
@@ -571,11 +582,12 @@ def measure_one(model_factory: Callable[[], object], cfg: BenchConfig, data: Syn
     return row
 
 
-def _run_config(model_factory, cfg: BenchConfig, cuts_path: Path, warmup: int, steps: int, work_dir: Path) -> dict:
+def _run_config(model_factory, cfg: BenchConfig, cuts_path: Path, warmup: int, steps: int, work_dir: Path,
+                profile_dir: Path | None = None) -> dict:
     model = model_factory()
     if cfg.mode == "forward":
         return _forward_steps(model, cfg, cuts_path, warmup, steps)
-    return _train_steps(model, cfg, cuts_path, warmup, steps, work_dir)
+    return _train_steps(model, cfg, cuts_path, warmup, steps, work_dir, profile_dir)
 
 
 def _fill(row: dict, result: dict, warmup: int) -> None:
@@ -628,7 +640,8 @@ class Bench:
 
     def __init__(self, model_factory: Callable[[], object], prompt_format: str, work_dir: str | os.PathLike, *,
                  warmup: int = 3, steps: int = 8, deadline: float | None = None,
-                 on_row: Callable[[dict], None] | None = None, quiet: bool = True):
+                 on_row: Callable[[dict], None] | None = None, quiet: bool = True,
+                 profile_dir: str | os.PathLike | None = None):
         if warmup < 0 or steps < 1:
             raise UserError(f"warmup must be >= 0 and steps >= 1, got warmup={warmup}, steps={steps}")
         self.model_factory = model_factory
@@ -639,6 +652,7 @@ class Bench:
         self.deadline = deadline  # time.monotonic() value after which configs are skipped
         self.on_row = on_row
         self.quiet = quiet
+        self.profile_dir = Path(profile_dir) if profile_dir else None
         self._cuts = _Cuts(self.work_dir)
 
     def run(self, cfg: BenchConfig, data: SyntheticSet, *, warmup: int | None = None,
@@ -650,7 +664,7 @@ class Bench:
                 quiet_lightning()
             cuts = self._cuts.get(data, self.prompt_format)
             row = measure_one(self.model_factory, cfg, data, cuts, self.warmup if warmup is None else warmup,
-                              self.steps if steps is None else steps, self.work_dir)
+                              self.steps if steps is None else steps, self.work_dir, self.profile_dir)
         if self.on_row:
             self.on_row(row)
         return row

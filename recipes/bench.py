@@ -89,6 +89,9 @@ def parse(argv: list[str] | None):
                    help="with --gpu-suite: largest batch per backend for env48c when env48 ran in an earlier call, "
                         "e.g. linear:40,nemo:56")
     p.add_argument("--out", default="exp/bench", help="where the tables go (only the tables)")
+    p.add_argument("--profile", default=None, metavar="DIR",
+                   help="write Lightning's per-action host times of every training configuration to DIR "
+                        "(fit-<config>.txt): where a launch-bound step spends its time")
     p.add_argument("--work", default=None,
                    help="scratch folder for synthetic audio, cut caches, tokenizer (default: <cache>/bench)")
     p.add_argument("--warmup", type=int, default=None, help="optimizer steps not timed (default: 2 GPU, 1 tiny)")
@@ -122,7 +125,7 @@ def setup(args):
     runner = bench.Bench(factory, factory.prompt_format, work,
                          warmup=scale.warmup if args.warmup is None else args.warmup,
                          steps=scale.steps if args.steps is None else args.steps,
-                         deadline=T_START + deadline_s if deadline_s else None)
+                         deadline=T_START + deadline_s if deadline_s else None, profile_dir=args.profile)
     workers = args.num_workers if args.num_workers is not None else (0 if tiny else 4)
     return factory, scale, work, runner, workers
 

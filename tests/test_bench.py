@@ -149,6 +149,16 @@ def test_bench_tiny(tmp_path):
     assert "CPU (" in md and "| linear bs2 |" in md
 
 
+def test_bench_profile_writes_host_times_per_action(tmp_path):
+    run_recipe("bench.py", "--tiny", "--configs", "linear:2,forward:2", "--profile", str(tmp_path / "prof"),
+               "--out", str(tmp_path / "bench"), "--work", str(tmp_path / "work"))
+    files = sorted(p.name for p in (tmp_path / "prof").iterdir())
+    assert files == ["fit-linear_bs2.txt"]  # training configurations only: the forward rows run no Trainer
+    report = (tmp_path / "prof" / files[0]).read_text(encoding="utf-8")
+    for action in ("run_training_batch", "optimizer_step", "backward", "training_step"):
+        assert action in report, action
+
+
 def test_tune_batch_tiny(tmp_path):
     out = tmp_path / "tune"
     text = run_recipe("tune_batch.py", "--tiny", "--clip_s", "4", "--out", str(out),
