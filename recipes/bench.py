@@ -7,7 +7,8 @@
 
 The GPU suite runs, in order: (bench) the table above; (env12) the bs/accum ladder under an 11 GB cap for 10 s
 and 20 s clips; (env48) 20 s clips at bs 8, 12 and the largest that fits 48 GB, for linear and nemo; (env48c) the
-same with the encoder compiled. Both files are rewritten after every configuration and configurations past
+same with the layers compiled; (perf, only when named) the before/after rows of docs/performance.md. --profile DIR
+writes Lightning's per-action host times of each training configuration. Both files are rewritten after every configuration and configurations past
 --deadline_s are skipped, so a run cut short still leaves what it measured. Pick parts with --sections: the first
 three take about 7 minutes on an H100; compiling costs a minute or more per configuration, so under a 10-minute
 limit run them as a second call, passing the sizes env48 found:
@@ -32,6 +33,7 @@ from common.errors import UserError  # noqa: E402
 
 MODES = ("linear", "peft", "nemo", "full", "forward")
 SECTIONS = ("bench", "env12", "env48", "env48c", "perf")
+DEFAULT_SECTIONS = ("bench", "env12", "env48", "env48c")
 
 
 @dataclass(frozen=True)
@@ -83,7 +85,7 @@ def parse(argv: list[str] | None):
                         f"under the budget), 'bucketed' (mixed lengths); modes: {', '.join(MODES)}")
     p.add_argument("--gpu-suite", dest="gpu_suite", action="store_true",
                    help="run the GPU report's sections into ONE gpu_suite.md and ONE gpu_suite.json under --out")
-    p.add_argument("--sections", default=",".join(SECTIONS),
+    p.add_argument("--sections", default=",".join(DEFAULT_SECTIONS),
                    help=f"with --gpu-suite: which parts, in order ({', '.join(SECTIONS)})")
     p.add_argument("--largest", default=None,
                    help="with --gpu-suite: largest batch per backend for env48c when env48 ran in an earlier call, "
