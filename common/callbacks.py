@@ -83,6 +83,16 @@ class MetricsCallback(Callback):
     def on_validation_start(self, trainer, pl_module) -> None:
         self.flush(trainer, pl_module)  # keeps metrics.jsonl in step order around validation records
 
+    def on_validation_end(self, trainer, pl_module) -> None:
+        # the passes every --val_every_n_steps during training; the before/after passes outside fit() are
+        # recorded by common.train.evaluate with their tag
+        if trainer.state.fn != "fit" or trainer.sanity_checking or trainer.global_rank != 0:
+            return
+        last = getattr(pl_module, "last_val", {}) or {}
+        self.metrics.write("val", step=trainer.global_step, tag="during",
+                           **{k: v for k, v in last.items() if isinstance(v, (int, float))})
+        print(mem_line("val_end", memory_snapshot()), flush=True)
+
     def on_train_end(self, trainer, pl_module) -> None:
         self.flush(trainer, pl_module)
 

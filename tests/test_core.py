@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import json
+import math
 import re
 
 import pytest
@@ -234,3 +235,36 @@ def test_bf16_base_trains_and_exports_into_the_original_fp32_weights(tmp_path, e
     assert all(not torch.equal(base[k], base[k].bfloat16().float()) for k in cast_untouched)  # bf16 would differ
     assert all(torch.equal(base[k], merged[k]) for k in untouched)  # exact fp32 values, not bf16-rounded
     assert all(not torch.equal(base[k], merged[k]) for k in adapted)  # the adapters were merged
+
+
+def test_deferred_metrics_reads_keep_one_record_per_step_in_order(tmp_path, embedded, capsys, monkeypatch):
+    """On a GPU the metrics are read every 10 steps, not every step; the records, MEM lines and the order
+    around validation must be exactly those of per-step reads. Forced here on the CPU with a period of 4."""
+    from common.callbacks import MetricsCallback
+    from common.train import run
+
+    start = MetricsCallback.on_train_start
+
+    def every_4(self, trainer, pl_module):
+        self.sync_every = 4
+        start(self, trainer, pl_module)
+
+    monkeypatch.setattr(MetricsCallback, "on_train_start", every_4)
+    cfg = parse_args([
+        "--nemo", str(embedded.random_nemo), "--train", str(embedded.data.adapt_train),
+        "--val", str(embedded.data.adapt_val), "--precision", "32", "--bs", "2", "--accum", "1",
+        "--max_steps", "7", "--val_every_n_steps", "5", "--save_every", "100", "--warmup_steps", "1",
+        "--max_train_cuts", "16", "--limit_val_batches", "1", "--mem_report_steps", "3", "--no_eval_before",
+        "--exp_dir", str(tmp_path / "exp"), "--export_nemo", "", "--data_dir", str(tmp_path / "data"),
+        "--log", "none"])
+    result = run(cfg)
+    out = capsys.readouterr().out
+    assert result.status == "finished" and result.global_step == 7
+    assert out.index("[MEM:step3]") < out.index("[MEM:step6]")
+    records = [json.loads(line) for line in (tmp_path / "exp" / "metrics.jsonl").read_text().splitlines()]
+    steps = [(r["kind"], r["step"]) for r in records if r["kind"] in ("train", "val")]
+    assert [s for k, s in steps if k == "train"] == [1, 2, 3, 4, 5, 6, 7]
+    # the validation after step 5 comes after step 5's record and before step 6's
+    kinds = [k for k, _ in steps]
+    assert kinds.index("val") == 5 and steps[5] == ("val", 5)
+    assert all(math.isfinite(r["loss"]) and r["audio_s"] > 0 for r in records if r["kind"] == "train")
