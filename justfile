@@ -26,7 +26,7 @@ demo *args: setup
 test *args: setup
     {{python}} -m pytest -q -m "not slow and not gpu" {{args}}
 
-# Run every test, the slow ones (base pretraining, full demo) included
+# Run every test, the slow ones included (more backends, parity, the sweep grid, resume/interrupt runs, real torch.compile)
 [group('main')]
 test-all *args: setup
     {{python}} -m pytest -q -m "not gpu" {{args}}

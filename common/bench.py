@@ -263,8 +263,13 @@ class BenchConfig:
             value = getattr(self, name)
             if value is not None and value <= 0:
                 problems.append(f"{name} must be > 0, got {value}")
-        if self.base_dtype not in ("auto", "fp32", "bf16"):
-            problems.append(f"base_dtype must be auto, fp32 or bf16, got {self.base_dtype!r}")
+        from common.config import BASE_DTYPES
+
+        if self.base_dtype not in BASE_DTYPES:
+            problems.append(f"base_dtype must be one of {', '.join(BASE_DTYPES)}, got {self.base_dtype!r}")
+        if self.compile and self.mode == "forward":
+            problems.append("compile applies to training steps only (validation and decoding stay eager): a "
+                            "compiled forward row would time the eager forward")
         if self.num_workers < 0:
             problems.append(f"num_workers must be >= 0, got {self.num_workers}")
         if problems:
@@ -421,11 +426,10 @@ def _train_steps(model, cfg: BenchConfig, cuts_path: Path, warmup: int, steps: i
     from backends import registry
     from common import data
     from common.callbacks import MetricsCallback
-    from common.config import TrainConfig
-    from common.config import resolve_base_dtype
+    from common.config import TrainConfig, resolve_base_dtype
     from common.module import CanaryFinetune, OptimSettings
     from common.telemetry import MetricsLog
-    from common.train import compile_encoder, prepare
+    from common.train import compile_layers, prepare
 
     defaults = TrainConfig()
     backend = None if cfg.mode == "full" else registry.get(cfg.mode)
@@ -436,7 +440,7 @@ def _train_steps(model, cfg: BenchConfig, cuts_path: Path, warmup: int, steps: i
     module = CanaryFinetune(model, backend, OptimSettings(lr=1e-4, warmup_steps=0, max_steps=warmup + steps,
                                                           sched="constant"), meta={"backend": cfg.mode})
     if cfg.compile:
-        compile_encoder(model)
+        compile_layers(model)
     # full batches only: a short last batch is a new shape, which a compiled model would recompile mid-timing
     settings = data.LoaderSettings(batch_size=cfg.bs, batch_duration=cfg.batch_duration,
                                    num_workers=cfg.num_workers, seed=0, drop_last=True)
@@ -480,7 +484,6 @@ def _forward_steps(model, cfg: BenchConfig, cuts_path: Path, warmup: int, steps:
     from common.config import resolve_base_dtype
     from common.model_io import cast_frozen_base, freeze
     from common.module import compute_loss
-    from common.train import compile_encoder
 
     device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
     precision = resolve_precision(cfg.precision)
@@ -489,8 +492,6 @@ def _forward_steps(model, cfg: BenchConfig, cuts_path: Path, warmup: int, steps:
         cast_frozen_base(model, torch.bfloat16)
     model.to(device)
     model.eval()
-    if cfg.compile:
-        compile_encoder(model)
     settings = data.LoaderSettings(batch_size=cfg.bs, batch_duration=cfg.batch_duration, num_workers=0, seed=0)
     loader = data.make_loader(cuts_path, model.tokenizer, model.prompt, settings, train=True)
     batch = move_data_to_device(next(iter(loader)), device)

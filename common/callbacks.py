@@ -6,7 +6,7 @@ import math
 import torch
 from lightning.pytorch.callbacks import Callback
 
-from common.telemetry import MetricsLog, memory_snapshot, mem_line
+from common.telemetry import MetricsLog, allocated_gb, mem_line, memory_snapshot
 
 
 class MetricsCallback(Callback):
@@ -66,7 +66,7 @@ class MetricsCallback(Callback):
         if trainer.world_size > 1:  # DDP: loss and audio summed over ranks (one small all-reduce per step)
             stacked = trainer.strategy.reduce(stacked, reduce_op="sum") / torch.tensor(
                 [trainer.world_size if k != "audio" else 1 for k in parts], device=device)
-        alloc, peak = _allocated_gb()
+        alloc, peak = allocated_gb()
         self._pending.append({"step": step, "keys": list(parts), "values": stacked, "micro": self._micro,
                               "lr": trainer.optimizers[0].param_groups[0]["lr"], "epoch": trainer.current_epoch,
                               "mem": alloc, "peak": peak})
@@ -122,14 +122,6 @@ class MetricsCallback(Callback):
 
                 raise NonFiniteLoss(step, mean_loss)
         self.last_loss = mean_loss
-
-
-def _allocated_gb() -> tuple[float, float]:
-    """Device memory now and at its peak (host-side allocator counters: no sync); process RSS on a CPU."""
-    if torch.cuda.is_available():
-        return torch.cuda.memory_allocated() / 2**30, torch.cuda.max_memory_allocated() / 2**30
-    rss = memory_snapshot()["rss"]
-    return rss, rss
 
 
 def oom_message(cfg) -> str:

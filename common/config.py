@@ -189,7 +189,9 @@ def build_parser(prog: str = "finetune_canary.py") -> argparse.ArgumentParser:
     g.add_argument("--weight_decay", type=float, default=d.weight_decay, help="AdamW weight decay")
     g.add_argument("--grad_clip", type=float, default=d.grad_clip, help="gradient norm clip (0: off)")
     g.add_argument("--seed", type=int, default=d.seed, help="random seed")
-    g.add_argument("--compile", action="store_true", help="torch.compile the encoder (Linux; falls back on failure)")
+    g.add_argument("--compile", action="store_true",
+                   help="torch.compile the encoder's and decoder's layers for training steps (Linux; pays off with "
+                        "large or bucketed batches; falls back to eager on failure)")
     g.add_argument("--devices", type=int, default=d.devices, help="GPUs per node (DDP when > 1)")
     g.add_argument("--num_nodes", type=int, default=d.num_nodes, help="machines (DDP via torchrun/SLURM)")
     g = p.add_argument_group("run directory, checkpoints and export")

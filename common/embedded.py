@@ -92,7 +92,8 @@ def ensure_base(root: Path, data, random_nemo: Path, training: BaseTraining = Ba
     cfg = validate(TrainConfig(
         nemo=str(random_nemo), train=str(data.base_train), val=str(data.base_val), bs=training.bs, accum=1,
         precision="32", max_steps=training.steps, val_every_n_steps=training.steps, full_finetune=True,
-        lr=training.lr, warmup_steps=training.warmup, sched=training.sched, seed=training.seed, exp_dir=str(root / "base-pretrain"),
+        lr=training.lr, warmup_steps=training.warmup, sched=training.sched, seed=training.seed,
+        exp_dir=str(root / "base-pretrain"),
         save_every=training.steps, export_nemo=str(out), mem_report_steps=0, log="none", eval_before=False,
         data_dir=str(root / "cuts"), limit_val_batches=10, val_bs=16))
     result = run(cfg)

@@ -35,6 +35,17 @@ def memory_snapshot() -> dict[str, float]:
     return {"rss": _rss_bytes() / GB}
 
 
+def allocated_gb() -> tuple[float, float]:
+    """Device memory now and at its peak in GB, from the allocator's host-side counters (no device sync and
+    no driver call, unlike `memory_snapshot`'s free/total): cheap enough for every step. Process RSS on CPU."""
+    import torch
+
+    if torch.cuda.is_available():
+        return torch.cuda.memory_allocated() / GB, torch.cuda.max_memory_allocated() / GB
+    rss = _rss_bytes() / GB
+    return rss, rss
+
+
 def mem_line(tag: str, snap: dict[str, float] | None = None) -> str:
     snap = snap or memory_snapshot()
     if "alloc" in snap:

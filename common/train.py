@@ -131,7 +131,7 @@ def run(cfg: TrainConfig) -> RunResult:
                                                           warmup_steps=cfg.warmup_steps, max_steps=cfg.max_steps,
                                                           sched=cfg.sched), meta=meta)
     if cfg.compile:
-        compile_encoder(model)
+        compile_layers(model)
 
     # ---- data ---------------------------------------------------------------------------------------
     if cfg.max_train_cuts:
@@ -344,7 +344,7 @@ def make_logger(kind: str, root: Path):
     return CSVLogger(str(root), name="logs", version="")
 
 
-def compile_encoder(model) -> bool:
+def compile_layers(model) -> bool:
     """torch.compile the encoder's and the decoder's layers in place, for training steps; eager otherwise.
 
     One compiled function serves each stack (its layers share their code; their weights are inputs), so

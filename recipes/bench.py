@@ -7,9 +7,9 @@
 
 The GPU suite runs, in order: (bench) the table above; (env12) the bs/accum ladder under an 11 GB cap for 10 s
 and 20 s clips; (env48) 20 s clips at bs 8, 12 and the largest that fits 48 GB, for linear and nemo; (env48c) the
-same with the layers compiled; (perf, only when named) the before/after rows of docs/performance.md. --profile DIR
-writes Lightning's per-action host times of each training configuration. Both files are rewritten after every configuration and configurations past
---deadline_s are skipped, so a run cut short still leaves what it measured. Pick parts with --sections: the first
+same with the layers compiled; (perf, only when named) the before/after rows of docs/performance.md. --profile
+DIR writes Lightning's per-action host times of each training configuration. Both files are rewritten after every
+configuration and configurations past --deadline_s are skipped, so a run cut short still leaves what it measured. Pick parts with --sections: the first
 three take about 7 minutes on an H100; compiling costs a minute or more per configuration, so under a 10-minute
 limit run them as a second call, passing the sizes env48 found:
 
@@ -279,7 +279,7 @@ def envelope48(runner, sets: Sets, scale: Scale, workers: int, add, *, compiled:
 
 def perf_changes(runner, sets: Sets, scale: Scale, workers: int, add) -> list[str]:
     """Before/after of each speed change at the bench's clip length and bs 32 (its second size): the baseline
-    path (fp32 frozen base), the bf16 base, and the bf16 base with the encoder compiled; then the largest
+    path (fp32 frozen base), the bf16 base, and the bf16 base with the layers compiled; then the largest
     compiled linear batch that fits the budget."""
     from common.bench import BenchConfig, largest_batch
 
@@ -327,7 +327,7 @@ def gpu_suite(args) -> int:
             f"; the search and bucketed rows under a {scale.budget_gb:g} GB cap)" if scale.budget_gb else ")"),
         "env12": f"12 GB envelope: bs/accum ladder under an {scale.env12_budget_gb:g} GB cap, linear backend",
         "env48": f"48 GB envelope: {scale.env48_clip_s:g} s clips under a {scale.env48_budget_gb:g} GB cap",
-        "env48c": "48 GB envelope with the encoder compiled (torch.compile)",
+        "env48c": "48 GB envelope with the encoder and decoder layers compiled (torch.compile)",
         "perf": f"Speed changes at {scale.clip_s:g} s clips, bs {scale.sizes[-1]}: fp32 base (baseline) -> bf16 "
                 f"base -> compiled encoder",
     }

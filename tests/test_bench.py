@@ -217,3 +217,16 @@ def test_gpu_suite_structure_on_tiny(tmp_path):
     assert all(r["status"] == "ok" and positive(r["audio_s_per_s"]) for r in rows)
     text = (out / "gpu_suite.md").read_text(encoding="utf-8")
     assert "recommended --bs" in text and "largest bs" in text
+
+
+def test_bench_config_names_every_bad_field():
+    from common.bench import BenchConfig
+    from common.errors import UserError
+
+    with pytest.raises(UserError) as err:
+        BenchConfig("forward", 0, compile=True, base_dtype="fp16")
+    text = str(err.value)
+    assert "bs must be >= 1, got 0" in text
+    assert "base_dtype must be one of auto, fp32, bf16, got 'fp16'" in text
+    assert "compile applies to training steps only" in text
+    assert BenchConfig("linear", 8, compile=True, base_dtype="fp32").label == "linear bs8 compile fp32-base"
