@@ -64,6 +64,7 @@ class TrainConfig:
     devices: int = 1
     num_nodes: int = 1
     compile: bool = False
+    cuda_graphs: bool = True  # with --compile on a GPU: replay the compiled layers as CUDA graphs
     base_dtype: str = "auto"  # dtype the frozen base weights are held in while training
     eval_before: bool = True
     extra: dict = field(default_factory=dict)
@@ -192,6 +193,10 @@ def build_parser(prog: str = "finetune_canary.py") -> argparse.ArgumentParser:
     g.add_argument("--compile", action="store_true",
                    help="torch.compile the encoder's and decoder's layers for training steps (Linux; pays off with "
                         "large or bucketed batches; falls back to eager on failure)")
+    g.add_argument("--cuda_graphs", action=argparse.BooleanOptionalAction, default=d.cuda_graphs,
+                   help="with --compile on a GPU: replay the compiled layers as CUDA graphs, with each batch padded "
+                        "to whole seconds of audio and multiples of 16 tokens (--no-cuda_graphs: compiled kernels "
+                        "only)")
     g.add_argument("--devices", type=int, default=d.devices, help="GPUs per node (DDP when > 1)")
     g.add_argument("--num_nodes", type=int, default=d.num_nodes, help="machines (DDP via torchrun/SLURM)")
     g = p.add_argument_group("run directory, checkpoints and export")

@@ -125,6 +125,23 @@ def test_only_adapters_train_and_only_they_change(name, tiny_model, inputs):
     assert bn and all(torch.equal(before[k], after[k]) for k in bn)
 
 
+def test_rounded_batch_shapes_leave_the_loss_unchanged(tiny_model, inputs):
+    """CUDA-graphed training pads each batch to rounded audio and token lengths; every pad must be masked."""
+    from common.module import ShapeRounding, compute_loss
+
+    tiny_model.eval()  # no dither: the preprocessor is deterministic
+    for batch in inputs.train:
+        rounding = ShapeRounding(audio_s=0.7, tokens=16)
+        samples = round(rounding.audio_s * tiny_model.sample_rate)
+        tokens = batch.prompted_transcript.shape[1] - 1
+        assert batch.audio.shape[1] % samples and tokens % rounding.tokens  # the batch really gets padded
+        with torch.no_grad():
+            plain, n_plain = compute_loss(tiny_model, batch)
+            padded, n_padded = compute_loss(tiny_model, batch, rounding)
+        assert int(n_plain) == int(n_padded) > 0
+        assert abs(float(plain) - float(padded)) <= 1e-5 * abs(float(plain)), (float(plain), float(padded))
+
+
 # ---- outputs: zero-init, disabled, merged ------------------------------------------------------------------------
 @pytest.mark.parametrize("name", BACKENDS)
 def test_fresh_adapter_and_disabled_adapter_equal_the_base(name, tiny_model, inputs):

@@ -37,6 +37,13 @@ def test_every_original_flag_is_accepted():
     assert (cfg.bs, cfg.accum, cfg.precision, cfg.lora_r, cfg.lora_dropout, cfg.log) == (3, 6, "bf16", 16, 0.05, "tb")
 
 
+def test_compile_takes_cuda_graphs_unless_turned_off():
+    base = ["--nemo", "m.nemo", "--train", "t", "--val", "v"]
+    assert (parse_args(base).compile, parse_args(base).cuda_graphs) == (False, True)
+    assert parse_args(base + ["--compile"]).cuda_graphs is True
+    assert parse_args(base + ["--compile", "--no-cuda_graphs"]).cuda_graphs is False
+
+
 def test_bad_values_are_reported_together():
     with pytest.raises(UserError) as e:
         parse_args(["--nemo", "m.nemo", "--train", "t", "--val", "v", "--bs", "0", "--lora_dropout", "1.5",
