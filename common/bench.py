@@ -244,6 +244,7 @@ class BenchConfig:
     precision: str | None = None  # Lightning string; None: bf16-mixed on CUDA (fp16 without bf16), 32-true on CPU
     vram_budget_gb: float | None = None
     compile: bool = False
+    cuda_graphs: bool = True  # with compile on a GPU, as --compile does (--no-cuda_graphs: False)
     batch_duration: float | None = None  # seconds of audio per batch with duration bucketing (bs is then unused)
     lora_r: int = 8
     lora_alpha: float = 16.0
@@ -280,7 +281,7 @@ class BenchConfig:
         size = f"bd{self.batch_duration:g}s" if self.batch_duration else f"bs{self.bs}"
         parts = [self.mode, size + (f"x{self.accum}" if self.accum > 1 else "")]
         if self.compile:
-            parts.append("compile")
+            parts.append("compile" if self.cuda_graphs else "compile no-graphs")
         if self.base_dtype != "auto":
             parts.append(f"{self.base_dtype}-base")
         if self.vram_budget_gb:
@@ -320,10 +321,16 @@ def _empty_row(cfg: BenchConfig, data: SyntheticSet, status: str, message: str =
         "bs": None if cfg.batch_duration else cfg.bs, "accum": cfg.accum,
         "eff_bs": None if cfg.batch_duration else cfg.bs * cfg.accum, "batch_duration": cfg.batch_duration,
         "precision": resolve_precision(cfg.precision), "budget_gb": cfg.vram_budget_gb, "compile": cfg.compile,
-        "status": status, "median_step_s": None, "first_step_s": None, "clips_per_step": None,
+        "cuda_graphs": cfg.compile and cfg.cuda_graphs and not cfg.batch_duration and _cuda(), "status": status, "median_step_s": None, "first_step_s": None, "clips_per_step": None,
         "audio_per_step_s": None, "audio_s_per_s": None, "peak_gb": None, "trainable_params": None,
-        "step_over_fwd": None, "steps": 0, "wall_s": 0.0, "message": message,
+        "step_over_fwd": None, "last_loss": None, "steps": 0, "wall_s": 0.0, "message": message,
     }
+
+
+def _cuda() -> bool:
+    import torch
+
+    return torch.cuda.is_available()
 
 
 def fits(row: dict, peak_limit_gb: float | None = None) -> bool:
@@ -429,7 +436,7 @@ def _train_steps(model, cfg: BenchConfig, cuts_path: Path, warmup: int, steps: i
     from common.config import TrainConfig, resolve_base_dtype
     from common.module import CanaryFinetune, OptimSettings
     from common.telemetry import MetricsLog
-    from common.train import compile_layers, prepare
+    from common.train import compile_for_training, prepare
 
     defaults = TrainConfig()
     backend = None if cfg.mode == "full" else registry.get(cfg.mode)
@@ -440,7 +447,7 @@ def _train_steps(model, cfg: BenchConfig, cuts_path: Path, warmup: int, steps: i
     module = CanaryFinetune(model, backend, OptimSettings(lr=1e-4, warmup_steps=0, max_steps=warmup + steps,
                                                           sched="constant"), meta={"backend": cfg.mode})
     if cfg.compile:
-        compile_layers(model)
+        compile_for_training(model, module, cuda_graphs=cfg.cuda_graphs, bucketed=cfg.batch_duration is not None)
     # full batches only: a short last batch is a new shape, which a compiled model would recompile mid-timing
     settings = data.LoaderSettings(batch_size=cfg.bs, batch_duration=cfg.batch_duration,
                                    num_workers=cfg.num_workers, seed=0, drop_last=True)
@@ -449,12 +456,13 @@ def _train_steps(model, cfg: BenchConfig, cuts_path: Path, warmup: int, steps: i
     timer = _make_step_timer(warmup, warmup + steps)
     metrics = work_dir / "metrics.jsonl"
     metrics.unlink(missing_ok=True)
+    tracker = MetricsCallback(MetricsLog(metrics), mem_every=0)
     trainer = pl.Trainer(
         accelerator="auto", devices=1, precision=precision, max_steps=warmup + steps,
         max_epochs=-1, accumulate_grad_batches=cfg.accum, gradient_clip_val=defaults.grad_clip or None,
         limit_val_batches=0, num_sanity_val_steps=0, logger=False, enable_checkpointing=False,
         enable_progress_bar=False, enable_model_summary=False, use_distributed_sampler=False, log_every_n_steps=1,
-        default_root_dir=str(work_dir), callbacks=[MetricsCallback(MetricsLog(metrics), mem_every=0), timer],
+        default_root_dir=str(work_dir), callbacks=[tracker, timer],
         # host time per Lightning action (forward, backward, optimizer, data): where a launch-bound step goes
         profiler=_profiler(profile_dir, cfg) if profile_dir else None,
     )
@@ -463,7 +471,7 @@ def _train_steps(model, cfg: BenchConfig, cuts_path: Path, warmup: int, steps: i
     trainer.fit(module, train_dataloaders=loader)
     peak = torch.cuda.max_memory_allocated() / GB if torch.cuda.is_available() else timer.peak_rss_gb
     return {"step_s": timer.step_s, "audio_s": timer.audio_s, "clips": timer.clips, "peak_gb": peak,
-            "trainable_params": trainable, "window_s": timer.window_s}
+            "trainable_params": trainable, "window_s": timer.window_s, "last_loss": tracker.last_loss}
 
 
 def _profiler(profile_dir: Path, cfg: BenchConfig):
@@ -610,6 +618,8 @@ def _fill(row: dict, result: dict, warmup: int) -> None:
         row["audio_s_per_s"] = round(statistics.median(audio[i] / times[i] for i in measured), 1)
     row["peak_gb"] = round(result["peak_gb"], 3)
     row["trainable_params"] = result["trainable_params"]
+    if result.get("last_loss") is not None:  # the same seed and batches: compiled paths must train alike
+        row["last_loss"] = round(float(result["last_loss"]), 4)
 
 
 class _Cuts:
@@ -776,7 +786,7 @@ COLUMNS: tuple[tuple[str, str, str], ...] = (
     ("status", "status", "{}"), ("median_step_s", "step s", "{:.3f}"),
     ("first_step_s", "first step s", "{:.2f}"), ("audio_s_per_s", "audio s/s", "{:.1f}"),
     ("peak_gb", "peak GB", "{:.2f}"), ("trainable_params", "trainable", "{:,}"),
-    ("step_over_fwd", "step/fwd", "{:.2f}"),
+    ("step_over_fwd", "step/fwd", "{:.2f}"), ("last_loss", "last loss", "{:.3f}"),
 )
 
 

@@ -3,6 +3,7 @@
     just bench --tiny                          # tiny default on CPU, under a minute: exp/bench/bench.md/.csv/.json
     just bench                                 # GPU: canary-1b-v2-shaped model, 15 s clips, bs 8 / 32 / largest
     just bench --configs linear:8,forward:8    # a subset (MODE, MODE:BS, largest, bucketed)
+    just bench --compile                       # training rows as --compile trains (CUDA graphs on a GPU)
     python recipes/bench.py --gpu-suite --out $OUT   # everything for the GPU report: ONE .md and ONE .json
 
 The GPU suite runs, in order: (bench) the table above; (env12) the bs/accum ladder under an 11 GB cap for 10 s
@@ -53,6 +54,10 @@ class Scale:
     peak_limit_gb: float | None  # a size "fits" when its peak stays at or under this
     warmup: int
     steps: int
+    # the bucketed row meets a new batch shape nearly every step at first: a compiled run compiles (and records
+    # CUDA graphs) for each, so it warms up longer and times more steps
+    bucketed_warmup: int = 1
+    bucketed_steps: int = 3
     # GPU suite
     env12_clips: tuple[float, ...] = (10.0, 20.0)
     env12_budget_gb: float = 11.0
@@ -67,7 +72,7 @@ class Scale:
 
 GPU = Scale(clip_s=15.0, n_clips=256, sizes=(8, 32), search_start=40, search_step=8, search_max=512,
             mixed=(2.0, 30.0), mixed_clips=384, batch_duration=480.0, budget_gb=48.0, peak_limit_gb=46.0,
-            warmup=3, steps=8)
+            warmup=3, steps=8, bucketed_warmup=12, bucketed_steps=20)
 # On a CPU the caps and peak limits mean nothing (no CUDA allocator); the search just stops at search_max.
 TINY = Scale(clip_s=2.0, n_clips=48, sizes=(2, 4), search_start=8, search_step=8, search_max=8,
              mixed=(1.0, 4.0), mixed_clips=48, batch_duration=8.0, budget_gb=None, peak_limit_gb=None,
@@ -83,6 +88,11 @@ def parse(argv: list[str] | None):
     p.add_argument("--configs", default=None,
                    help="comma-separated subset: MODE (every bench size), MODE:BS, 'largest' (linear, largest bs "
                         f"under the budget), 'bucketed' (mixed lengths); modes: {', '.join(MODES)}")
+    p.add_argument("--compile", action="store_true",
+                   help="train with --compile (the layers compiled; on a GPU replayed as CUDA graphs) in the bench "
+                        "table's training rows")
+    p.add_argument("--cuda_graphs", action=argparse.BooleanOptionalAction, default=True,
+                   help="with --compile on a GPU: CUDA graphs, as training's --cuda_graphs")
     p.add_argument("--gpu-suite", dest="gpu_suite", action="store_true",
                    help="run the GPU report's sections into ONE gpu_suite.md and ONE gpu_suite.json under --out")
     p.add_argument("--sections", default=",".join(DEFAULT_SECTIONS),
@@ -180,32 +190,37 @@ def parse_configs(spec: str | None, scale: Scale) -> tuple[list[tuple[str, int]]
     return sorted(pairs, key=lambda p: (p[1], MODES.index(p[0]) if p[0] in MODES else 99)), largest, bucketed
 
 
-def bench_table(runner, sets: Sets, scale: Scale, workers: int, configs: str | None, add) -> list[str]:
-    """The bench table: every mode at each size, the largest linear batch under the budget, one bucketed row."""
+def bench_table(runner, sets: Sets, scale: Scale, workers: int, configs: str | None, add, *,
+                compiled: bool = False, cuda_graphs: bool = True) -> list[str]:
+    """The bench table: every mode at each size, the largest linear batch under the budget, one bucketed row.
+    `compiled`: the training rows as `--compile [--no-cuda_graphs]` trains (forward rows stay eager)."""
     from common.bench import BenchConfig, largest_batch
+
+    def config(mode: str, bs: int = 8, **kw) -> BenchConfig:
+        train = mode != "forward"
+        return BenchConfig(mode, bs, compile=compiled and train, cuda_graphs=cuda_graphs, num_workers=workers, **kw)
 
     pairs, largest, bucketed = parse_configs(configs, scale)
     data = sets.get(scale.clip_s, scale.n_clips)
     for mode, bs in pairs:
-        add(runner.run(BenchConfig(mode, bs, num_workers=workers), data))
+        add(runner.run(config(mode, bs), data))
     notes = []
     if largest:
         rows, best = largest_batch(
-            lambda bs: add(runner.run(BenchConfig("linear", bs, vram_budget_gb=scale.budget_gb,
-                                                  num_workers=workers, tag="search"), data)),
+            lambda bs: add(runner.run(config("linear", bs, vram_budget_gb=scale.budget_gb, tag="search"), data)),
             scale.search_start, scale.search_step, peak_limit_gb=scale.peak_limit_gb, max_bs=scale.search_max)
         if best is not None:
             limit = f"peak <= {scale.peak_limit_gb:g} GB under a {scale.budget_gb:g} GB cap" if scale.budget_gb else \
                 "no memory cap on this device"
             notes.append(f"Largest linear batch at {data.label}: bs {best['bs']} ({limit}): "
                          f"{best['audio_s_per_s']} audio s/s, peak {best['peak_gb']} GB.")
-            add(runner.run(BenchConfig("forward", best["bs"], num_workers=workers), data))
+            add(runner.run(config("forward", best["bs"]), data))
         else:
             notes.append(f"No linear batch from bs {scale.search_start} fit (see the search rows).")
     if bucketed:
         mixed = sets.get(scale.mixed, scale.mixed_clips)
-        add(runner.run(BenchConfig("linear", batch_duration=scale.batch_duration, vram_budget_gb=scale.budget_gb,
-                                   num_workers=workers, tag="bucketed"), mixed))
+        add(runner.run(config("linear", batch_duration=scale.batch_duration, vram_budget_gb=scale.budget_gb,
+                              tag="bucketed"), mixed, warmup=scale.bucketed_warmup, steps=scale.bucketed_steps))
     return notes
 
 
@@ -278,32 +293,19 @@ def envelope48(runner, sets: Sets, scale: Scale, workers: int, add, *, compiled:
 
 
 def perf_changes(runner, sets: Sets, scale: Scale, workers: int, add) -> list[str]:
-    """Before/after of each speed change at the bench's clip length and bs 32 (its second size): the baseline
-    path (fp32 frozen base), the bf16 base, and the bf16 base with the layers compiled; then the largest
-    compiled linear batch that fits the budget."""
-    from common.bench import BenchConfig, largest_batch
+    """Before/after of each speed change at the bench's clip length and bs 32 (its second size), most telling
+    first (a deadline cuts from the end): the bf16 base uncompiled, compiled, compiled with CUDA graphs, the
+    forward pass they are compared with, full fine-tuning and the other backends, then the fp32-base baseline."""
+    from common.bench import BenchConfig
 
     data = sets.get(scale.clip_s, scale.n_clips)
     bs = scale.sizes[-1]
-    for cfg in (BenchConfig("forward", bs, base_dtype="fp32", num_workers=workers),
-                BenchConfig("linear", bs, base_dtype="fp32", num_workers=workers),
-                BenchConfig("forward", bs, num_workers=workers),
-                BenchConfig("linear", bs, num_workers=workers),
-                BenchConfig("linear", bs, compile=True, num_workers=workers),
-                BenchConfig("full", bs, num_workers=workers),
-                BenchConfig("full", bs, compile=True, num_workers=workers),
-                BenchConfig("peft", bs, compile=True, num_workers=workers),
-                BenchConfig("nemo", bs, compile=True, num_workers=workers)):
-        add(runner.run(cfg, data))
-    rows, best = largest_batch(
-        lambda b: add(runner.run(BenchConfig("linear", b, compile=True, vram_budget_gb=scale.budget_gb,
-                                             num_workers=workers, tag="search"), data)),
-        scale.search_start + scale.search_step, scale.search_step, peak_limit_gb=scale.peak_limit_gb,
-        max_bs=scale.search_max)
-    if best is None:
-        return ["No compiled linear batch above bs 32 fit the budget (see the search rows)."]
-    return [f"Largest compiled linear batch at {data.label}: bs {best['bs']}: {best['audio_s_per_s']} audio s/s, "
-            f"peak {best['peak_gb']} GB."]
+    for mode, kw in (("linear", {}), ("linear", {"compile": True, "cuda_graphs": False}),
+                     ("linear", {"compile": True}), ("forward", {}), ("full", {}), ("full", {"compile": True}),
+                     ("peft", {"compile": True}), ("nemo", {"compile": True}),
+                     ("forward", {"base_dtype": "fp32"}), ("linear", {"base_dtype": "fp32"})):
+        add(runner.run(BenchConfig(mode, bs, num_workers=workers, **kw), data))
+    return []
 
 
 def gpu_suite(args) -> int:
@@ -322,14 +324,15 @@ def gpu_suite(args) -> int:
         if not bs.isdigit() or int(bs) < 1:
             raise UserError(f"--largest {item!r}: expected MODE:BS with a positive batch size, e.g. linear:40")
         found[mode] = int(bs)
+    compiled = (" with --compile" + ("" if args.cuda_graphs else " --no-cuda_graphs")) if args.compile else ""
     titles = {
-        "bench": f"Backends at {scale.clip_s:g} s clips (no cap" + (
+        "bench": f"Backends at {scale.clip_s:g} s clips{compiled} (no cap" + (
             f"; the search and bucketed rows under a {scale.budget_gb:g} GB cap)" if scale.budget_gb else ")"),
         "env12": f"12 GB envelope: bs/accum ladder under an {scale.env12_budget_gb:g} GB cap, linear backend",
         "env48": f"48 GB envelope: {scale.env48_clip_s:g} s clips under a {scale.env48_budget_gb:g} GB cap",
         "env48c": "48 GB envelope with the encoder and decoder layers compiled (torch.compile)",
-        "perf": f"Speed changes at {scale.clip_s:g} s clips, bs {scale.sizes[-1]}: fp32 base (baseline) -> bf16 "
-                f"base -> compiled encoder",
+        "perf": f"Speed changes at {scale.clip_s:g} s clips, bs {scale.sizes[-1]}: bf16 base -> compiled layers "
+                f"-> CUDA graphs; fp32 base (baseline) last",
     }
     print(f"[suite] sections: {', '.join(sections)}; output: {report.out_dir}/gpu_suite.md + .json", flush=True)
     import torch
@@ -345,7 +348,8 @@ def gpu_suite(args) -> int:
 
         t = time.monotonic()
         if name == "bench":
-            section.notes += bench_table(runner, sets, scale, workers, args.configs, add)
+            section.notes += bench_table(runner, sets, scale, workers, args.configs, add, compiled=args.compile,
+                                         cuda_graphs=args.cuda_graphs)
         elif name == "perf":
             section.notes += perf_changes(runner, sets, scale, workers, add)
         elif name == "env12":
@@ -374,7 +378,8 @@ def main(argv: list[str] | None = None) -> int:
         rows.append(row)
         return row
 
-    notes = bench_table(runner, sets, scale, workers, args.configs, add)
+    notes = bench_table(runner, sets, scale, workers, args.configs, add, compiled=args.compile,
+                        cuda_graphs=args.cuda_graphs)
     add_forward_ratios(rows)
     paths = write_table(rows, args.out, "bench", title=f"Canary LoRA bench: {factory.name}", notes=notes)
     print("\n" + markdown_table(rows) + "\n".join(notes), flush=True)
