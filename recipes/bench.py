@@ -2,7 +2,7 @@
 
     just bench --tiny                          # tiny default on CPU, under a minute: exp/bench/bench.md/.csv/.json
     just bench                                 # GPU: canary-1b-v2-shaped model, 15 s clips, bs 8 / 32 / largest
-    just bench --configs linear:8,forward:8    # a subset (MODE, MODE:BS, largest, bucketed)
+    just bench --configs linear:8,forward:8    # a subset (MODE, MODE:BS, MODE:BSxACCUM, largest, bucketed)
     just bench --compile                       # training rows as --compile trains (CUDA graphs on a GPU)
     python recipes/bench.py --gpu-suite --out $OUT   # everything for the GPU report: ONE .md and ONE .json
 
@@ -86,7 +86,8 @@ def parse(argv: list[str] | None):
     p.add_argument("--tiny", action="store_true",
                    help="tiny default model and 2 s clips (automatic without a GPU)")
     p.add_argument("--configs", default=None,
-                   help="comma-separated subset: MODE (every bench size), MODE:BS, 'largest' (linear, largest bs "
+                   help="comma-separated subset: MODE (every bench size), MODE:BS, MODE:BSxACCUM (gradient accumulation), "
+                        "'largest' (linear, largest bs "
                         f"under the budget), 'bucketed' (mixed lengths); modes: {', '.join(MODES)}")
     p.add_argument("--compile", action="store_true",
                    help="train with --compile (the layers compiled; on a GPU replayed as CUDA graphs) in the bench "
@@ -163,14 +164,14 @@ class Sets:
         return self._sets[key]
 
 
-def parse_configs(spec: str | None, scale: Scale) -> tuple[list[tuple[str, int]], bool, bool]:
-    """(mode, bs) pairs, whether to search the largest batch, whether to add the bucketed row."""
+def parse_configs(spec: str | None, scale: Scale) -> tuple[list[tuple[str, int, int]], bool, bool]:
+    """(mode, bs, accum) triples, whether to search the largest batch, whether to add the bucketed row."""
     from backends import registry
 
     known = sorted(set(registry.names()) | {"full", "forward"})
     if not spec:
-        return [(m, bs) for bs in scale.sizes for m in MODES], True, True
-    pairs, largest, bucketed, problems = [], False, False, []
+        return [(m, bs, 1) for bs in scale.sizes for m in MODES], True, True
+    triples, largest, bucketed, problems = [], False, False, []
     for item in (s.strip() for s in spec.split(",") if s.strip()):
         if item == "largest":
             largest = True
@@ -178,16 +179,21 @@ def parse_configs(spec: str | None, scale: Scale) -> tuple[list[tuple[str, int]]
         if item == "bucketed":
             bucketed = True
             continue
-        mode, _, bs = item.partition(":")
+        mode, _, size = item.partition(":")
+        bs, _, accum = size.partition("x")
         if mode not in known:
             problems.append(f"{item!r}: unknown mode {mode!r} (known: {', '.join(known)}, largest, bucketed)")
-        elif bs and not (bs.isdigit() and int(bs) > 0):
-            problems.append(f"{item!r}: the batch size after ':' must be a positive integer")
+        elif size and not (bs.isdigit() and int(bs) > 0 and (not accum or accum.isdigit() and int(accum) > 0)):
+            problems.append(f"{item!r}: after ':' give a positive batch size, optionally x a positive number of "
+                            f"accumulated micro-batches (e.g. linear:8x4)")
+        elif accum and mode == "forward":
+            problems.append(f"{item!r}: a forward pass accumulates nothing; give forward:BS")
         else:
-            pairs += [(mode, int(bs))] if bs else [(mode, b) for b in scale.sizes]
+            accum_n = int(accum) if accum else 1
+            triples += [(mode, int(bs), accum_n)] if bs else [(mode, b, 1) for b in scale.sizes]
     if problems:
         raise UserError("--configs:\n" + "\n".join(f"  - {p}" for p in problems))
-    return sorted(pairs, key=lambda p: (p[1], MODES.index(p[0]) if p[0] in MODES else 99)), largest, bucketed
+    return sorted(triples, key=lambda t: (t[1], MODES.index(t[0]) if t[0] in MODES else 99, t[2])), largest, bucketed
 
 
 def bench_table(runner, sets: Sets, scale: Scale, workers: int, configs: str | None, add, *,
@@ -200,10 +206,10 @@ def bench_table(runner, sets: Sets, scale: Scale, workers: int, configs: str | N
         train = mode != "forward"
         return BenchConfig(mode, bs, compile=compiled and train, cuda_graphs=cuda_graphs, num_workers=workers, **kw)
 
-    pairs, largest, bucketed = parse_configs(configs, scale)
+    triples, largest, bucketed = parse_configs(configs, scale)
     data = sets.get(scale.clip_s, scale.n_clips)
-    for mode, bs in pairs:
-        add(runner.run(config(mode, bs), data))
+    for mode, bs, accum in triples:
+        add(runner.run(config(mode, bs, accum=accum), data))
     notes = []
     if largest:
         rows, best = largest_batch(

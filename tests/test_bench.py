@@ -149,6 +149,21 @@ def test_bench_tiny(tmp_path):
     assert "CPU (" in md and "| linear bs2 |" in md
 
 
+def test_bench_accumulates_micro_batches_and_names_bad_configs(tmp_path):
+    run_recipe("bench.py", "--tiny", "--configs", "linear:2x2", "--out", str(tmp_path / "b"), "--work",
+               str(tmp_path / "work"))
+    (row,) = json.loads((tmp_path / "b" / "bench.json").read_text(encoding="utf-8"))["rows"]
+    assert row["status"] == "ok" and (row["bs"], row["accum"], row["eff_bs"]) == (2, 2, 4), row
+    assert row["clips_per_step"] == 4 and positive(row["audio_s_per_s"]), row
+    bad = subprocess.run([sys.executable, "recipes/bench.py", "--tiny", "--configs", "forward:2x2,linear:2x0,lora",
+                          "--out", str(tmp_path / "bad"), "--work", str(tmp_path / "work")],
+                         cwd=REPO, env=ENV, capture_output=True, text=True, timeout=300)
+    assert bad.returncode != 0
+    for problem in ("'forward:2x2': a forward pass accumulates nothing", "'linear:2x0': after ':' give a positive",
+                    "'lora': unknown mode 'lora'"):
+        assert problem in bad.stdout + bad.stderr, problem
+
+
 @pytest.mark.slow
 def test_bench_compiled_trains_like_eager(tmp_path):
     """Real Inductor on the CPU, batches rounded to whole seconds and 16 tokens: the same seed and batches give
