@@ -321,7 +321,8 @@ def _empty_row(cfg: BenchConfig, data: SyntheticSet, status: str, message: str =
         "bs": None if cfg.batch_duration else cfg.bs, "accum": cfg.accum,
         "eff_bs": None if cfg.batch_duration else cfg.bs * cfg.accum, "batch_duration": cfg.batch_duration,
         "precision": resolve_precision(cfg.precision), "budget_gb": cfg.vram_budget_gb, "compile": cfg.compile,
-        "cuda_graphs": cfg.compile and cfg.cuda_graphs and not cfg.batch_duration and _cuda(), "status": status, "median_step_s": None, "first_step_s": None, "clips_per_step": None,
+        "cuda_graphs": cfg.compile and cfg.cuda_graphs and not cfg.batch_duration and _cuda(), "status": status,
+        "median_step_s": None, "first_step_s": None, "clips_per_step": None,
         "audio_per_step_s": None, "audio_s_per_s": None, "peak_gb": None, "trainable_params": None,
         "step_over_fwd": None, "last_loss": None, "steps": 0, "wall_s": 0.0, "message": message,
     }

@@ -24,13 +24,13 @@ _SPECIAL = re.compile(r"<\|[^|]*\|>")
 class ShapeRounding:
     """Pad a training batch's audio and decoder inputs up to rounded lengths.
 
-    Compiled layers recompile, and CUDA-graphed ones record new graphs, for input shapes they have not met; with
-    transcripts and clips of any length, nearly every batch would be a new shape (on a CPU, the tiny model's
-    compiled step took 8 s unrounded and 0.05 s rounded). Rounded up, clips of up to 30 s make at most 30 audio
-    lengths, and transcripts a handful of token lengths. The padding is masked everywhere (preprocessor normalization,
-    encoder attention and convolution, decoder attention, the loss ignores pad labels), so the loss of the real
-    frames and tokens is the same. It costs, on average, half a second of audio and 8 tokens of padding per
-    batch.
+    Compiled layers recompile, and CUDA-graphed ones record new graphs, for input shapes they have not met;
+    with transcripts and clips of any length, nearly every batch would be a new shape (on a CPU, the tiny
+    model's compiled step took 8 s unrounded and 0.05 s rounded). Rounded up, clips of up to 30 s make at most
+    30 audio lengths, and transcripts a handful of token lengths. The padding is masked everywhere
+    (preprocessor normalization, encoder attention and convolution, decoder attention; the loss ignores pad
+    labels), so the loss of the real frames and tokens is the same. It costs, on average, half a second of
+    audio and 8 tokens of padding per batch.
     """
 
     audio_s: float = 1.0

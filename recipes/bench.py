@@ -86,8 +86,8 @@ def parse(argv: list[str] | None):
     p.add_argument("--tiny", action="store_true",
                    help="tiny default model and 2 s clips (automatic without a GPU)")
     p.add_argument("--configs", default=None,
-                   help="comma-separated subset: MODE (every bench size), MODE:BS, MODE:BSxACCUM (gradient accumulation), "
-                        "'largest' (linear, largest bs "
+                   help="comma-separated subset: MODE (every bench size), MODE:BS, MODE:BSxACCUM (gradient "
+                        "accumulation), 'largest' (linear, largest bs "
                         f"under the budget), 'bucketed' (mixed lengths); modes: {', '.join(MODES)}")
     p.add_argument("--compile", action="store_true",
                    help="train with --compile (the layers compiled; on a GPU replayed as CUDA graphs) in the bench "
