@@ -107,8 +107,8 @@ def parse(argv: list[str] | None):
                         "(fit-<config>.txt): where a launch-bound step spends its time")
     p.add_argument("--work", default=None,
                    help="scratch folder for synthetic audio, cut caches, tokenizer (default: <cache>/bench)")
-    p.add_argument("--warmup", type=int, default=None, help="optimizer steps not timed (default: 2 GPU, 1 tiny)")
-    p.add_argument("--steps", type=int, default=None, help="timed optimizer steps (default: 5 GPU, 3 tiny)")
+    p.add_argument("--warmup", type=int, default=None, help="optimizer steps not timed (default: 3 GPU, 1 tiny)")
+    p.add_argument("--steps", type=int, default=None, help="timed optimizer steps (default: 8 GPU, 3 tiny)")
     p.add_argument("--num_workers", type=int, default=None,
                    help="data loader workers (default: 4 with a GPU so WAV reading overlaps the step, else 0)")
     p.add_argument("--deadline_s", type=float, default=None,
