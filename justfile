@@ -56,7 +56,7 @@ export-verify *args: setup
 runpod-train *args:
     bash recipes/runpod_finetune_canary.sh {{args}}
 
-# Step time, audio s/s and peak memory per backend on synthetic speech (--tiny on CPU; --gpu-suite --out DIR)
+# Step time, audio s/s and peak memory per backend on synthetic speech (--tiny on CPU; --compile as training compiles; --gpu-suite --out DIR)
 [group('perf')]
 bench *args: setup
     {{python}} recipes/bench.py {{args}}
