@@ -450,8 +450,8 @@ def _train_steps(model, cfg: BenchConfig, cuts_path: Path, warmup: int, steps: i
     if cfg.compile:
         compile_for_training(model, module, cuda_graphs=cfg.cuda_graphs, bucketed=cfg.batch_duration is not None)
     # full batches only: a short last batch is a new shape, which a compiled model would recompile mid-timing
-    settings = data.LoaderSettings(batch_size=cfg.bs, batch_duration=cfg.batch_duration,
-                                   num_workers=cfg.num_workers, seed=0, drop_last=True)
+    settings = data.LoaderSettings(batch_size=cfg.bs, batch_duration=cfg.batch_duration, num_workers=cfg.num_workers,
+                                   seed=0, drop_last=True, pin_memory=torch.cuda.is_available())
     loader = data.make_loader(cuts_path, model.tokenizer, model.prompt, settings, train=True)
     module.train_sampler = loader.sampler
     timer = _make_step_timer(warmup, warmup + steps)

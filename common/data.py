@@ -141,6 +141,38 @@ def _ignore_sigint(worker_id: int) -> None:
     signal.signal(signal.SIGINT, signal.SIG_IGN)
 
 
+class _Pinnable:
+    """One batch, as the DataLoader's pin-memory step can pin it (NeMo's batch dataclass has no pin_memory()).
+
+    From pageable memory, the host-to-device copy of a bs 32 x 15 s batch took 5.1 ms of GPU time in each 166 ms
+    step (torch.profiler, H100), with the stream waiting on it; from pinned memory it is a fast asynchronous copy.
+    """
+
+    __slots__ = ("batch",)
+
+    def __init__(self, batch):
+        self.batch = batch
+
+    def pin_memory(self, device=None):
+        import dataclasses
+
+        import torch
+
+        b = self.batch
+        return dataclasses.replace(b, **{f.name: getattr(b, f.name).pin_memory() for f in dataclasses.fields(b)
+                                         if isinstance(getattr(b, f.name), torch.Tensor)})
+
+
+class _PinnableBatches:
+    """The dataset, its batches wrapped for pinning (the DataLoader unwraps them: `_Pinnable.pin_memory`)."""
+
+    def __init__(self, dataset):
+        self.dataset = dataset
+
+    def __getitem__(self, cuts):
+        return _Pinnable(self.dataset[cuts])
+
+
 @dataclass(frozen=True)
 class LoaderSettings:
     batch_size: int = 2
@@ -151,6 +183,7 @@ class LoaderSettings:
     world_size: int = 1
     rank: int = 0
     drop_last: bool = False  # drop a short last batch (benchmarks: a new shape would recompile a compiled model)
+    pin_memory: bool = False  # batches in pinned host memory, for fast asynchronous copies to a CUDA device
 
 
 def make_loader(cuts_path: Path, tokenizer, prompt, settings: LoaderSettings, *, train: bool):
@@ -175,8 +208,9 @@ def make_loader(cuts_path: Path, tokenizer, prompt, settings: LoaderSettings, *,
     # would make validation passes and epoch starts shift the training RNG (dropout, SpecAugment), so a resumed
     # run could not repeat the straight run exactly.
     generator = torch.Generator().manual_seed(settings.seed)
-    return torch.utils.data.DataLoader(dataset, sampler=sampler, batch_size=None,
-                                       num_workers=settings.num_workers,
+    pin = settings.pin_memory and torch.cuda.is_available()  # without CUDA the DataLoader would skip the unwrap
+    return torch.utils.data.DataLoader(_PinnableBatches(dataset) if pin else dataset, sampler=sampler,
+                                       batch_size=None, pin_memory=pin, num_workers=settings.num_workers,
                                        persistent_workers=settings.num_workers > 0, generator=generator,
                                        worker_init_fn=_ignore_sigint if settings.num_workers > 0 else None)
 

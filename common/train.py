@@ -90,6 +90,7 @@ def run(cfg: TrainConfig) -> RunResult:
     # ---- heavy imports only after the input is known to be good ----------------------------------
     import lightning.pytorch as pl
     import torch
+    from lightning.pytorch.accelerators import CUDAAccelerator
 
     from backends import registry
     from common import data, model_io
@@ -161,12 +162,13 @@ def run(cfg: TrainConfig) -> RunResult:
         enable_model_summary=False, use_distributed_sampler=False, log_every_n_steps=1, default_root_dir=paths["root"],
         enable_progress_bar=sys.stderr.isatty() or os.environ.get("CANARY_LORA_PROGRESS") == "1",
     )
+    pin = isinstance(trainer.accelerator, CUDAAccelerator)
     loader_settings = data.LoaderSettings(batch_size=cfg.bs, batch_duration=cfg.batch_duration,
-                                          num_workers=cfg.num_workers, seed=cfg.seed,
+                                          num_workers=cfg.num_workers, seed=cfg.seed, pin_memory=pin,
                                           world_size=trainer.world_size, rank=trainer.global_rank)
     train_dl = data.make_loader(cut_paths["train"], model.tokenizer, model.prompt, loader_settings, train=True)
     val_settings = data.LoaderSettings(batch_size=cfg.val_bs or cfg.bs, num_workers=cfg.num_workers, seed=cfg.seed,
-                                       world_size=trainer.world_size, rank=trainer.global_rank)
+                                       pin_memory=pin, world_size=trainer.world_size, rank=trainer.global_rank)
     val_dl = data.make_loader(cut_paths["val"], model.tokenizer, model.prompt, val_settings, train=False)
     reg_dl = (data.make_loader(cut_paths["regression"], model.tokenizer, model.prompt, val_settings, train=False)
               if "regression" in cut_paths else None)

@@ -148,6 +148,34 @@ def test_cut_cache_is_reused_and_rebuilt_when_the_manifest_changes(tmp_path, dem
     assert cut.custom["source_lang"] == "ru" and cut.custom["pnc"] == "yes" and cut.supervisions[0].language == "ru"
 
 
+def test_batches_for_pinning_come_out_as_the_models_batches(tmp_path, tiny_model, demo, monkeypatch):
+    """The pinned path on a GPU: the DataLoader's own pin step must unwrap our pinnable batches into NeMo's
+    batch with the same tensors. Pinning needs CUDA: on this CPU machine a loader asked to pin gives plain
+    batches, and the unwrap is checked through torch's pin step with Tensor.pin_memory standing in as a copy."""
+    import dataclasses
+
+    from torch.utils.data._utils.pin_memory import pin_memory
+
+    from common.data import LoaderSettings, _PinnableBatches, build_cuts, make_loader
+    from common.manifest import load_manifest
+
+    cuts, _ = build_cuts(load_manifest(demo.adapt_val), tmp_path / "data", tiny_model.prompt_format)
+    plain = next(iter(make_loader(cuts, tiny_model.tokenizer, tiny_model.prompt, LoaderSettings(batch_size=3),
+                                  train=False)))
+    asked = next(iter(make_loader(cuts, tiny_model.tokenizer, tiny_model.prompt,
+                                  LoaderSettings(batch_size=3, pin_memory=True), train=False)))
+    assert type(asked) is type(plain)  # no CUDA: nothing to pin, and nothing left wrapped
+
+    loader = make_loader(cuts, tiny_model.tokenizer, tiny_model.prompt, LoaderSettings(batch_size=3), train=False)
+    wrapped = _PinnableBatches(loader.dataset)[next(iter(loader.sampler))]
+    monkeypatch.setattr(torch.Tensor, "pin_memory", lambda t, *a, **k: t.clone())
+    pinned = pin_memory(wrapped)
+    assert type(pinned) is type(plain) and [c.id for c in pinned.cuts] == [c.id for c in plain.cuts]
+    for f in dataclasses.fields(plain):
+        if isinstance(getattr(plain, f.name), torch.Tensor):
+            assert torch.equal(getattr(pinned, f.name), getattr(plain, f.name)), f.name
+
+
 def test_missing_fields_default_as_before(tmp_path, demo):
     from common.manifest import load_manifest
 
