@@ -369,7 +369,8 @@ def compile_for_training(model, module, *, cuda_graphs: bool, bucketed: bool = F
 
 
 def compile_layers(model, *, cuda_graphs: bool = False) -> bool:
-    """torch.compile the encoder's and the decoder's layers in place, for training steps; eager otherwise.
+    """torch.compile the pre-encoder and the encoder's and the decoder's layers in place, for training steps;
+    eager otherwise.
 
     One compiled function serves each stack (its layers share their code; their weights are inputs), so
     compiling costs one layer's time per stack, not 40 layers'. Compiling the whole encoder as one graph took
@@ -390,7 +391,11 @@ def compile_layers(model, *, cuda_graphs: bool = False) -> bool:
     """
     import torch
 
-    stacks = {"encoder": list(getattr(model.encoder, "layers", []))}
+    # the pre-encoder (convolutional subsampling) is a stack of one: eager, its 3x3 convolutions ran with cuDNN
+    # layout conversions around them; compiled, the step ran at 2900 against 2812 audio s/s (H100, bs 32 x 15 s)
+    pre_encode = getattr(model.encoder, "pre_encode", None)
+    stacks = {"pre-encoder": [pre_encode] if isinstance(pre_encode, torch.nn.Module) else []}
+    stacks["encoder"] = list(getattr(model.encoder, "layers", []))
     decoder = getattr(getattr(model, "transf_decoder", None), "_decoder", None)
     stacks["decoder"] = list(getattr(decoder, "layers", []))
     done = []
@@ -403,12 +408,13 @@ def compile_layers(model, *, cuda_graphs: bool = False) -> bool:
             print(f"[compile] torch.compile unavailable ({type(e).__name__}: {e}); training without it", flush=True)
             return False
         _route_layers(name, layers, type(layers[0]).forward, compiled)
-        done.append(f"{len(layers)} {name}")
+        done.append(f"the {name}" if name == "pre-encoder" else f"{len(layers)} {name}")
     if not done:
         print("[compile] no uniform layer stack to compile; training without torch.compile", flush=True)
         return False
     how = " as CUDA graphs" if cuda_graphs else ""
-    print(f"[compile] {' and '.join(done)} layers compiled{how} with torch.compile for training steps (the first "
+    names = done[0] if len(done) == 1 else f"{', '.join(done[:-1])} and {done[-1]}"
+    print(f"[compile] {names} layers compiled{how} with torch.compile for training steps (the first "
           f"steps are slow while it compiles)", flush=True)
     return True
 

@@ -87,7 +87,7 @@ def test_compile_failure_falls_back_to_eager_with_a_warning(tmp_path, embedded, 
     result = _compile_run(tmp_path, embedded, "broken")
     out = capsys.readouterr().out
     assert result.status == "finished" and result.global_step == 2 and result.export_check["ok"]
-    assert "[compile] 2 encoder and 2 decoder layers compiled" in out
+    assert "[compile] the pre-encoder, 2 encoder and 2 decoder layers compiled" in out
     assert "[compile] torch.compile failed on the encoder (RuntimeError: backend compiler failed" in out
     assert "continuing without it" in out
 
