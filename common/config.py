@@ -191,9 +191,9 @@ def build_parser(prog: str = "finetune_canary.py") -> argparse.ArgumentParser:
     g.add_argument("--grad_clip", type=float, default=d.grad_clip, help="gradient norm clip (0: off)")
     g.add_argument("--seed", type=int, default=d.seed, help="random seed")
     g.add_argument("--compile", action="store_true",
-                   help="torch.compile the pre-encoder and the encoder's and decoder's layers for training steps (Linux; ~40 s on the "
-                        "first step; 1.8-2x the eager speed at --bs 32 on an H100/H200, +16%% with "
-                        "--batch_duration; falls back to eager on failure)")
+                   help="torch.compile the pre-encoder and the encoder's and decoder's layers for training steps "
+                        "(Linux; ~40 s on the first step; 1.8-2x the eager speed at --bs 32 on an H100/H200, +16%% "
+                        "with --batch_duration; falls back to eager on failure)")
     g.add_argument("--cuda_graphs", action=argparse.BooleanOptionalAction, default=d.cuda_graphs,
                    help="with --compile on a GPU: replay the compiled layers as CUDA graphs, with each batch padded "
                         "to whole seconds of audio and multiples of 16 tokens (--no-cuda_graphs: compiled kernels "
