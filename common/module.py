@@ -31,15 +31,49 @@ class ShapeRounding:
     (preprocessor normalization, encoder attention and convolution, decoder attention; the loss ignores pad
     labels), so the loss of the real frames and tokens is the same. It costs, on average, half a second of
     audio and 8 tokens of padding per batch.
+
+    `encoder_frames`: the audio is padded a little further, until the encoder's output length is a multiple of
+    this. The attention's matrix products run over that length, and cuBLAS runs lengths that are not a multiple
+    of 8 (15 s: 188 frames) with slower unaligned kernels: padding 15 s clips to 192 frames (15.28 s) made the
+    step 4-5% faster on an H100 although it computes 2% more frames. 0 turns it off.
     """
 
     audio_s: float = 1.0
     tokens: int = 16
+    encoder_frames: int = 8
 
 
 def _pad_last(x: torch.Tensor, multiple: int, value) -> torch.Tensor:
     extra = -x.shape[-1] % multiple
     return torch.nn.functional.pad(x, (0, extra), value=value) if extra else x
+
+
+def aligned_audio_length(samples: int, hop: int, subsampling: int, multiple: int) -> int:
+    """The fewest samples >= `samples` whose encoder output length is a multiple of `multiple`.
+
+    The preprocessor makes samples // hop + 1 frames; a striding subsampling by `subsampling` keeps
+    ceil(frames / subsampling) of them. For another subsampling the estimate may miss, which only costs speed:
+    the extra audio is padding, masked like any other.
+    """
+    frames = samples // hop + 1
+    encoder = -(-frames // subsampling)
+    target = -(-encoder // multiple) * multiple
+    return max(samples, (target - 1) * subsampling * hop)
+
+
+def rounded_inputs(model, batch, rounding: ShapeRounding) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """(audio, decoder input ids, labels) of `batch`, padded to the lengths `rounding` asks for."""
+    input_ids, labels = batch.get_decoder_inputs_outputs()
+    pad_id = model.tokenizer.pad_id
+    input_ids = _pad_last(input_ids, rounding.tokens, pad_id)
+    labels = _pad_last(labels, rounding.tokens, pad_id)
+    audio = _pad_last(batch.audio, max(1, round(rounding.audio_s * model.sample_rate)), 0.0)
+    hop = getattr(getattr(model.preprocessor, "featurizer", None), "hop_length", None)
+    subsampling = getattr(model.encoder, "subsampling_factor", None)
+    if rounding.encoder_frames > 0 and isinstance(hop, int) and isinstance(subsampling, int):
+        length = aligned_audio_length(audio.shape[-1], hop, subsampling, rounding.encoder_frames)
+        audio = torch.nn.functional.pad(audio, (0, length - audio.shape[-1]), value=0.0)
+    return audio, input_ids, labels
 
 
 def compute_loss(model, batch, rounding: ShapeRounding | None = None) -> tuple[torch.Tensor, torch.Tensor]:
@@ -48,14 +82,12 @@ def compute_loss(model, batch, rounding: ShapeRounding | None = None) -> tuple[t
     Returns the loss and the number of target tokens (for token-weighted averages). `rounding` pads the batch
     to rounded shapes first (for CUDA graphs); the result is the same up to floating-point rounding.
     """
-    input_ids, labels = batch.get_decoder_inputs_outputs()
+    if rounding is None:
+        audio = batch.audio
+        input_ids, labels = batch.get_decoder_inputs_outputs()
+    else:
+        audio, input_ids, labels = rounded_inputs(model, batch, rounding)
     input_ids_lens = batch.prompted_transcript_lens - 1
-    audio = batch.audio
-    if rounding is not None:
-        pad_id = model.tokenizer.pad_id
-        input_ids = _pad_last(input_ids, rounding.tokens, pad_id)
-        labels = _pad_last(labels, rounding.tokens, pad_id)
-        audio = _pad_last(audio, max(1, round(rounding.audio_s * model.sample_rate)), 0.0)
     log_probs, _, _, _ = model(input_signal=audio, input_signal_length=batch.audio_lens,
                                transcript=input_ids, transcript_length=input_ids_lens)
     loss = model.loss(log_probs=log_probs, labels=labels, output_mask=None)

@@ -126,20 +126,50 @@ def test_only_adapters_train_and_only_they_change(name, tiny_model, inputs):
 
 
 def test_rounded_batch_shapes_leave_the_loss_unchanged(tiny_model, inputs):
-    """CUDA-graphed training pads each batch to rounded audio and token lengths; every pad must be masked."""
-    from common.module import ShapeRounding, compute_loss
+    """CUDA-graphed training pads each batch to rounded audio and token lengths, and the audio further to an
+    encoder length that is a multiple of 8; every pad must be masked."""
+    from common.module import ShapeRounding, compute_loss, rounded_inputs
 
     tiny_model.eval()  # no dither: the preprocessor is deterministic
     for batch in inputs.train:
-        rounding = ShapeRounding(audio_s=0.7, tokens=16)
+        rounding = ShapeRounding(audio_s=0.7, tokens=16, encoder_frames=8)
         samples = round(rounding.audio_s * tiny_model.sample_rate)
         tokens = batch.prompted_transcript.shape[1] - 1
         assert batch.audio.shape[1] % samples and tokens % rounding.tokens  # the batch really gets padded
+        audio, input_ids, _ = rounded_inputs(tiny_model, batch, rounding)
+        assert input_ids.shape[1] % rounding.tokens == 0 and audio.shape[1] >= batch.audio.shape[1]
         with torch.no_grad():
+            _, _, encoded, _ = tiny_model(input_signal=audio, input_signal_length=batch.audio_lens)
+            _, _, unpadded, _ = tiny_model(input_signal=batch.audio, input_signal_length=batch.audio_lens)
             plain, n_plain = compute_loss(tiny_model, batch)
             padded, n_padded = compute_loss(tiny_model, batch, rounding)
+        assert encoded.shape[1] % rounding.encoder_frames == 0 and unpadded.shape[1] % 8, (encoded.shape,
+                                                                                          unpadded.shape)
         assert int(n_plain) == int(n_padded) > 0
         assert abs(float(plain) - float(padded)) <= 1e-5 * abs(float(plain)), (float(plain), float(padded))
+
+
+def test_audio_is_padded_to_the_fewest_samples_with_an_aligned_encoder_length(tiny_model):
+    """15 s at canary's 10 ms hop and 8x subsampling gives 188 encoder frames; 15.28 s is the shortest audio
+    that gives 192. Checked against the real preprocessor and encoder (the tiny model subsamples 4x): the
+    padded batch's encoder output is what the attention multiplies."""
+    from common.module import aligned_audio_length
+
+    hop, factor = tiny_model.preprocessor.featurizer.hop_length, tiny_model.encoder.subsampling_factor
+    tiny_model.eval()
+    for seconds in (3.0, 15.0):
+        n = int(seconds * tiny_model.sample_rate)
+        aligned = aligned_audio_length(n, hop, factor, 8)
+        lengths = []
+        for samples in (n, aligned - 1, aligned):
+            audio = torch.zeros(1, samples)
+            with torch.no_grad():
+                features, frames = tiny_model.preprocessor(input_signal=audio, length=torch.tensor([samples]))
+                encoded, _ = tiny_model.encoder(audio_signal=features, length=frames)
+            lengths.append(encoded.shape[-1])
+        assert lengths[2] % 8 == 0 and lengths[1] % 8 and lengths[0] <= lengths[2] < lengths[0] + 8, lengths
+    assert aligned_audio_length(15 * 16000, 160, 8, 8) == 244480  # 15.28 s: 192 frames
+    assert aligned_audio_length(14 * 16000, 160, 8, 8) == 14 * 16000  # 176 frames: already aligned
 
 
 # ---- outputs: zero-init, disabled, merged ------------------------------------------------------------------------
