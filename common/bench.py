@@ -463,7 +463,7 @@ def _train_steps(model, cfg: BenchConfig, cuts_path: Path, warmup: int, steps: i
         max_epochs=-1, accumulate_grad_batches=cfg.accum, gradient_clip_val=defaults.grad_clip or None,
         limit_val_batches=0, num_sanity_val_steps=0, logger=False, enable_checkpointing=False,
         enable_progress_bar=False, enable_model_summary=False, use_distributed_sampler=False, log_every_n_steps=1,
-        default_root_dir=str(work_dir), callbacks=[tracker, timer],
+        default_root_dir=str(work_dir), callbacks=[tracker, timer, *_kernel_profile(profile_dir, cfg, warmup, steps)],
         # host time per Lightning action (forward, backward, optimizer, data): where a launch-bound step goes
         profiler=_profiler(profile_dir, cfg) if profile_dir else None,
     )
@@ -475,11 +475,113 @@ def _train_steps(model, cfg: BenchConfig, cuts_path: Path, warmup: int, steps: i
             "trainable_params": trainable, "window_s": timer.window_s, "last_loss": tracker.last_loss}
 
 
+def _profile_name(cfg: BenchConfig) -> str:
+    return re.sub(r"[^A-Za-z0-9_.-]+", "_", cfg.label)
+
+
 def _profiler(profile_dir: Path, cfg: BenchConfig):
     from lightning.pytorch.profilers import SimpleProfiler
 
-    name = re.sub(r"[^A-Za-z0-9_.-]+", "_", cfg.label)
-    return SimpleProfiler(dirpath=str(profile_dir), filename=name)  # writes fit-<name>.txt
+    return SimpleProfiler(dirpath=str(profile_dir), filename=_profile_name(cfg))  # writes fit-<name>.txt
+
+
+# Kinds of CUDA kernels, by the names cuBLAS, cuDNN, Inductor and torch give them; the first match wins.
+KERNEL_KINDS = (
+    ("copy/memset", ("memcpy", "memset")),
+    ("convolution", ("conv", "cudnn", "fprop", "dgrad", "wgrad")),
+    # cutlass kernels for operands whose rows are not 16-byte aligned (a length that is not a multiple of 8)
+    ("matmul, unaligned", ("align1", "align2")),
+    ("matmul", ("gemm", "nvjet", "cutlass", "xmma", "gemv", "splitk", "aten::mm", "aten::addmm", "aten::bmm")),
+    ("fused (Triton)", ("triton",)),
+)
+
+
+def kernel_kind(name: str) -> str:
+    lowered = name.lower()
+    return next((kind for kind, keys in KERNEL_KINDS if any(k in lowered for k in keys)), "other")
+
+
+def kernel_report(events, steps: int, title: str) -> str:
+    """Time per kind of kernel and the costliest kernels, per optimizer step, from torch.profiler events.
+
+    On a GPU: device time of each kernel (inside CUDA graphs too); user annotations, which span kernels, are left
+    out. Without a GPU: self host time of each operator.
+    """
+    from torch.autograd import DeviceType
+
+    on_device = any(e.device_type == DeviceType.CUDA for e in events)
+    totals: dict[str, list] = {}
+    for e in events:
+        if on_device:
+            if e.device_type != DeviceType.CUDA or getattr(e, "is_user_annotation", False):
+                continue
+            us = e.time_range.elapsed_us()
+        else:
+            us = e.self_cpu_time_total
+        entry = totals.setdefault(e.name, [0.0, 0])
+        entry[0] += us / 1000 / steps
+        entry[1] += 1 / steps
+    what = "GPU time per kernel" if on_device else "host time per operator (self)"
+    total = sum(ms for ms, _ in totals.values())
+    kinds: dict[str, list] = {}
+    for name, (ms, calls) in totals.items():
+        entry = kinds.setdefault(kernel_kind(name), [0.0, 0.0])
+        entry[0] += ms
+        entry[1] += calls
+    lines = [f"# {title}: {what}, per optimizer step (mean of {steps} profiled steps)", "",
+             f"total {total:.2f} ms in {sum(c for _, c in totals.values()):.0f} calls", "",
+             f"{'kind':20s} {'ms':>9s} {'share':>6s} {'calls':>7s}"]
+    for kind, (ms, calls) in sorted(kinds.items(), key=lambda kv: -kv[1][0]):
+        lines.append(f"{kind:20s} {ms:9.2f} {ms / total if total else 0:6.1%} {calls:7.0f}")
+    lines += ["", f"{'ms':>9s} {'calls':>6s}  {'kind':20s} name"]
+    for name, (ms, calls) in sorted(totals.items(), key=lambda kv: -kv[1][0])[:40]:
+        lines.append(f"{ms:9.3f} {calls:6.0f}  {kernel_kind(name):20s} {name[:160]}")
+    return "\n".join(lines) + "\n"
+
+
+def _kernel_profile(profile_dir: Path | None, cfg: BenchConfig, warmup: int, steps: int) -> list:
+    """With a profile folder: a callback that runs torch.profiler over the last (up to 3) timed optimizer steps
+    and writes kernels-<config>.txt. Profiling slows those steps: time configurations without it."""
+    if profile_dir is None:
+        return []
+    import torch
+    from lightning.pytorch.callbacks import Callback
+
+    last = warmup + steps
+    first = max(warmup + 1, last - 2)
+    path = Path(profile_dir) / f"kernels-{_profile_name(cfg)}.txt"
+
+    class KernelProfile(Callback):
+        def __init__(self):
+            self.prof = None
+            self.running = False
+
+        def on_train_batch_start(self, trainer, pl_module, batch, batch_idx) -> None:
+            if self.prof is None and trainer.global_step == first - 1:
+                activities = [torch.profiler.ProfilerActivity.CPU]
+                if torch.cuda.is_available():
+                    activities.append(torch.profiler.ProfilerActivity.CUDA)
+                _sync()
+                self.prof = torch.profiler.profile(activities=activities)
+                self.prof.__enter__()
+                self.running = True
+
+        def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx) -> None:
+            if self.running and trainer.global_step == last:
+                _sync()
+                self._stop()
+                path.parent.mkdir(parents=True, exist_ok=True)
+                write_text(path, kernel_report(self.prof.events(), last - first + 1, cfg.label))
+
+        def teardown(self, trainer, pl_module, stage) -> None:
+            self._stop()  # a run that ended early: no report, but no profiler left running
+
+        def _stop(self) -> None:
+            if self.running:
+                self.running = False
+                self.prof.__exit__(None, None, None)
+
+    return [KernelProfile()]
 
 
 def _forward_steps(model, cfg: BenchConfig, cuts_path: Path, warmup: int, steps: int) -> dict:

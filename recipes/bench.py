@@ -103,8 +103,11 @@ def parse(argv: list[str] | None):
                         "e.g. linear:40,nemo:56")
     p.add_argument("--out", default="exp/bench", help="where the tables go (only the tables)")
     p.add_argument("--profile", default=None, metavar="DIR",
-                   help="write Lightning's per-action host times of every training configuration to DIR "
-                        "(fit-<config>.txt): where a launch-bound step spends its time")
+                   help="for every training configuration, write to DIR Lightning's host time per action "
+                        "(fit-<config>.txt: where a launch-bound step spends its time) and a torch.profiler summary "
+                        "of the last 3 timed steps (kernels-<config>.txt: GPU time per kind of kernel and per "
+                        "kernel; on a CPU, host time per operator). Profiling slows the steps it covers: take "
+                        "speed figures from runs without it")
     p.add_argument("--work", default=None,
                    help="scratch folder for synthetic audio, cut caches, tokenizer (default: <cache>/bench)")
     p.add_argument("--warmup", type=int, default=None, help="optimizer steps not timed (default: 3 GPU, 1 tiny)")

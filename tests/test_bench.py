@@ -180,14 +180,32 @@ def test_bench_compiled_trains_like_eager(tmp_path):
     assert positive(eager) and abs(compiled - eager) <= 0.05 * eager, (eager, compiled)
 
 
-def test_bench_profile_writes_host_times_per_action(tmp_path):
+def test_bench_profile_writes_host_times_per_action_and_a_kernel_summary(tmp_path):
     run_recipe("bench.py", "--tiny", "--configs", "linear:2,forward:2", "--profile", str(tmp_path / "prof"),
                "--out", str(tmp_path / "bench"), "--work", str(tmp_path / "work"))
     files = sorted(p.name for p in (tmp_path / "prof").iterdir())
-    assert files == ["fit-linear_bs2.txt"]  # training configurations only: the forward rows run no Trainer
+    # training configurations only: the forward rows run no Trainer
+    assert files == ["fit-linear_bs2.txt", "kernels-linear_bs2.txt"]
     report = (tmp_path / "prof" / files[0]).read_text(encoding="utf-8")
     for action in ("run_training_batch", "optimizer_step", "backward", "training_step"):
         assert action in report, action
+    kernels = (tmp_path / "prof" / files[1]).read_text(encoding="utf-8").splitlines()
+    assert kernels[0].startswith("# linear bs2: host time per operator (self), per optimizer step"), kernels[0]
+    total = float(kernels[2].split()[1])
+    kinds = {line.split()[0]: float(line.split()[1]) for line in kernels[5:kernels.index("", 5)]}
+    assert total > 0 and "matmul" in kinds and "convolution" in kinds, kinds  # the tiny model's own layers
+    assert abs(sum(kinds.values()) - total) <= 0.01 * total + 0.05, (kinds, total)
+
+
+def test_kernel_kinds_follow_the_library_names():
+    from common.bench import kernel_kind
+
+    assert kernel_kind("nvjet_sm90_tst_128x192_64x5_2x1_v_bz_coopB_NNN") == "matmul"
+    assert kernel_kind("cutlass_80_tensorop_bf16_s16816gemm_bf16_256x128_64x3_nt_align2") == "matmul, unaligned"
+    assert kernel_kind("sm90_xmma_fprop_implicit_gemm_bf16bf16_bf16f32_f32_nhwckrsc_nhwc") == "convolution"
+    assert kernel_kind("triton_poi_fused__unsafe_view_add_mul_native_dropout_silu_view_3") == "fused (Triton)"
+    assert kernel_kind("Memcpy HtoD (Pinned -> Device)") == "copy/memset"
+    assert kernel_kind("aten::mm") == "matmul" and kernel_kind("aten::layer_norm") == "other"
 
 
 def test_tune_batch_tiny(tmp_path):
