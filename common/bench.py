@@ -486,13 +486,14 @@ def _profiler(profile_dir: Path, cfg: BenchConfig):
 
 
 # Kinds of CUDA kernels, by the names cuBLAS, cuDNN, Inductor and torch give them; the first match wins.
+# Inductor names a fused kernel after the ops it absorbed (`triton_red_fused_..._convolution_...`): fused first.
 KERNEL_KINDS = (
     ("copy/memset", ("memcpy", "memset")),
+    ("fused (Triton)", ("triton",)),
     ("convolution", ("conv", "cudnn", "fprop", "dgrad", "wgrad")),
     # cutlass kernels for operands whose rows are not 16-byte aligned (a length that is not a multiple of 8)
     ("matmul, unaligned", ("align1", "align2")),
     ("matmul", ("gemm", "nvjet", "cutlass", "xmma", "gemv", "splitk", "aten::mm", "aten::addmm", "aten::bmm")),
-    ("fused (Triton)", ("triton",)),
 )
 
 

@@ -204,6 +204,7 @@ def test_kernel_kinds_follow_the_library_names():
     assert kernel_kind("cutlass_80_tensorop_bf16_s16816gemm_bf16_256x128_64x3_nt_align2") == "matmul, unaligned"
     assert kernel_kind("sm90_xmma_fprop_implicit_gemm_bf16bf16_bf16f32_f32_nhwckrsc_nhwc") == "convolution"
     assert kernel_kind("triton_poi_fused__unsafe_view_add_mul_native_dropout_silu_view_3") == "fused (Triton)"
+    assert kernel_kind("triton_red_fused__unsafe_view_add_convolution_mul_native_dropout_view_21") == "fused (Triton)"
     assert kernel_kind("Memcpy HtoD (Pinned -> Device)") == "copy/memset"
     assert kernel_kind("aten::mm") == "matmul" and kernel_kind("aten::layer_norm") == "other"
 
