@@ -196,8 +196,8 @@ def build_parser(prog: str = "finetune_canary.py") -> argparse.ArgumentParser:
                         "with --batch_duration; falls back to eager on failure)")
     g.add_argument("--cuda_graphs", action=argparse.BooleanOptionalAction, default=d.cuda_graphs,
                    help="with --compile on a GPU: replay the compiled layers as CUDA graphs, with each batch padded "
-                        "to whole seconds of audio and multiples of 16 tokens (--no-cuda_graphs: compiled kernels "
-                        "only)")
+                        "to whole seconds of audio (a little more, for an encoder length that is a multiple of 8) "
+                        "and multiples of 16 tokens (--no-cuda_graphs: compiled kernels only)")
     g.add_argument("--devices", type=int, default=d.devices, help="GPUs per node (DDP when > 1)")
     g.add_argument("--num_nodes", type=int, default=d.num_nodes, help="machines (DDP via torchrun/SLURM)")
     g = p.add_argument_group("run directory, checkpoints and export")
