@@ -149,6 +149,40 @@ def test_rounded_batch_shapes_leave_the_loss_unchanged(tiny_model, inputs):
         assert abs(float(plain) - float(padded)) <= 1e-5 * abs(float(plain)), (float(plain), float(padded))
 
 
+def test_an_extra_relative_position_leaves_the_training_loss_unchanged(tiny_model, inputs):
+    """Compiled training steps hand the attention 2T positions instead of 2T-1; the attention never reads the
+    extra one, so the loss (same seed, so the same dropout draws) and the gradients stay the same."""
+    from common.module import compute_loss, freeze_batchnorm
+    from common.train import align_relative_positions
+
+    seen = []
+    layer = tiny_model.encoder.layers[0]
+    layer.register_forward_pre_hook(lambda m, args, kwargs: seen.append(kwargs["pos_emb"].shape[1]),
+                                    with_kwargs=True)
+    tiny_model.train()
+    freeze_batchnorm(tiny_model)
+    batch = inputs.train[0]
+    target = layer.self_attn.linear_q.weight
+
+    def loss_and_grad():
+        torch.manual_seed(0)
+        loss, _ = compute_loss(tiny_model, batch)
+        (grad,) = torch.autograd.grad(loss, [target])
+        return float(loss), grad
+
+    plain, plain_grad = loss_and_grad()
+    assert align_relative_positions(tiny_model)
+    aligned, aligned_grad = loss_and_grad()
+    with torch.no_grad():
+        compute_loss(tiny_model, batch)  # no gradients (validation): positions as NeMo makes them
+    frames = seen[0] // 2 + 1
+    assert seen == [2 * frames - 1, 2 * frames, 2 * frames - 1], seen
+    assert abs(aligned - plain) <= 1e-6 * abs(plain), (plain, aligned)
+    # the CPU backward itself varies by ~0.5% of the largest entry from one repeat to the next
+    scale = float(plain_grad.abs().max())
+    assert scale > 0 and float((aligned_grad - plain_grad).abs().max()) <= 0.02 * scale
+
+
 def test_audio_is_padded_to_the_fewest_samples_with_an_aligned_encoder_length(tiny_model):
     """15 s at canary's 10 ms hop and 8x subsampling gives 188 encoder frames; 15.28 s is the shortest audio
     that gives 192. Checked against the real preprocessor and encoder (the tiny model subsamples 4x): the
