@@ -67,12 +67,15 @@ def rounded_inputs(model, batch, rounding: ShapeRounding) -> tuple[torch.Tensor,
     pad_id = model.tokenizer.pad_id
     input_ids = _pad_last(input_ids, rounding.tokens, pad_id)
     labels = _pad_last(labels, rounding.tokens, pad_id)
-    audio = _pad_last(batch.audio, max(1, round(rounding.audio_s * model.sample_rate)), 0.0)
+    # the audio's padded length first, then one pad (it is the largest tensor of the batch)
+    samples = max(1, round(rounding.audio_s * model.sample_rate))
+    length = -(-batch.audio.shape[-1] // samples) * samples
     hop = getattr(getattr(model.preprocessor, "featurizer", None), "hop_length", None)
     subsampling = getattr(model.encoder, "subsampling_factor", None)
     if rounding.encoder_frames > 0 and isinstance(hop, int) and isinstance(subsampling, int):
-        length = aligned_audio_length(audio.shape[-1], hop, subsampling, rounding.encoder_frames)
-        audio = torch.nn.functional.pad(audio, (0, length - audio.shape[-1]), value=0.0)
+        length = aligned_audio_length(length, hop, subsampling, rounding.encoder_frames)
+    extra = length - batch.audio.shape[-1]
+    audio = torch.nn.functional.pad(batch.audio, (0, extra), value=0.0) if extra else batch.audio
     return audio, input_ids, labels
 
 
