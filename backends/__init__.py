@@ -1,2 +1,2 @@
-"""Pluggable LoRA backends. Each lives in its own folder and registers itself with one call in its
-`__init__.py`; the training core reaches them only through `backends.registry`."""
+"""Adapter backends: one folder each (`__init__.py` registers it, `config.py`, `layer.py`, `model.py`); the core
+finds them through `backends.registry` only."""

@@ -1,16 +1,33 @@
-"""The contract between the training core and a LoRA backend, and the registry that names them.
+"""The contract between the training core and an adapter backend, and the registry that finds them.
 
-A backend registers a name and an import path (`"backends.linear.model:LinearBackend"`); the import happens
-only when the backend is asked for, so choosing `linear` never loads peft or NeMo's adapter classes.
+Every folder `backends/<name>/` is a backend. Its `__init__.py` registers itself with one `register(__name__, ...)`
+call and imports nothing heavy; the registry discovers the folders, so the core never names a backend and a new
+one is a new folder. The backend's name is its folder's name. What `register` records:
+
+- `factory`: `"model:LinearBackend"`, the object the core talks to (the `AdapterBackend` protocol), imported
+  only when that backend is used, so choosing one never loads another's dependencies (peft, NeMo adapters);
+- `method`: backends of one method compute the same function (`linear` and `peft` are both LoRA), so parity
+  must find them equal; backends of other methods are set beside them;
+- `portable`: it runs on the Windows path (no triton, Megatron or apex), so the import guard may block those;
+- `options`: `"config:Options"`, a small dataclass of the backend's own flags (`flag()` fields, light to import):
+  the command line offers them, and `AdapterSpec.options` carries their values to the backend.
+
+Only this module and the backend folders name backends; `DEFAULT` is the one used when none is chosen.
 """
 from __future__ import annotations
 
+import dataclasses
 import importlib
+import pkgutil
 from dataclasses import dataclass, field
-from typing import Any, Iterable, Protocol, runtime_checkable
+from typing import TYPE_CHECKING, Any, Iterable, Mapping, Protocol, runtime_checkable
 
-import torch
-from torch import nn
+if TYPE_CHECKING:
+    import torch
+    from torch import nn
+
+DEFAULT = "linear"
+FULL = "full"  # not a backend: every weight trains (reference mode); --full_finetune
 
 # Canary's real projection layers (see CANARY_FACTS): encoder attention q/k/v/out and both feed-forward
 # blocks, decoder self/cross attention and feed-forward. Full match on module names. The tied output head
@@ -25,13 +42,13 @@ DEFAULT_TARGETS: tuple[str, ...] = (
 
 @dataclass(frozen=True)
 class AdapterSpec:
-    """What to adapt and how; the same for every backend."""
+    """What to adapt and how: the shared settings (the original --lora_* flags) plus the backend's own options."""
 
     r: int = 8
     alpha: float = 16.0
     dropout: float = 0.0
     targets: tuple[str, ...] = DEFAULT_TARGETS
-    adapter_dim: int = 32  # NeMo native adapters only (bottleneck width)
+    options: Mapping[str, Any] = field(default_factory=dict)  # the backend's own flags (see `options_class`)
 
     def __post_init__(self) -> None:
         problems = []
@@ -41,8 +58,6 @@ class AdapterSpec:
             problems.append(f"--lora_alpha must be positive, got {self.alpha}")
         if not 0.0 <= self.dropout < 1.0:
             problems.append(f"--lora_dropout must be in [0, 1), got {self.dropout}")
-        if self.adapter_dim <= 0:
-            problems.append(f"--adapter_dim must be a positive integer, got {self.adapter_dim}")
         if not self.targets:
             problems.append("--lora_targets is empty: give at least one regular expression")
         if problems:
@@ -54,6 +69,21 @@ class AdapterSpec:
     def scaling(self) -> float:
         return self.alpha / self.r
 
+    def to_dict(self) -> dict[str, Any]:
+        return {"r": self.r, "alpha": self.alpha, "dropout": self.dropout, "targets": list(self.targets),
+                "options": dict(self.options)}
+
+    @classmethod
+    def from_dict(cls, saved: Mapping[str, Any]) -> AdapterSpec:
+        """The spec a run recorded (run.json, a checkpoint, adapters.safetensors), older layouts included."""
+        known = {f.name for f in dataclasses.fields(cls)}
+        kwargs = {k: v for k, v in saved.items() if k in known}
+        if "targets" in kwargs:
+            kwargs["targets"] = tuple(kwargs["targets"])
+        options = dict(kwargs.pop("options", None) or {})
+        options.update({k: v for k, v in saved.items() if k not in known})  # once top-level, e.g. adapter_dim
+        return cls(**kwargs, options=options)
+
 
 @dataclass
 class Applied:
@@ -64,11 +94,11 @@ class Applied:
 
 
 @runtime_checkable
-class LoraBackend(Protocol):
+class AdapterBackend(Protocol):
     """What the training core needs from a backend. Backends are plain objects, no shared base class."""
 
-    name: str
-    mergeable: bool  # False: the export keeps adapter modules (NeMo native adapters)
+    name: str  # set by the registry: the backend's folder name
+    mergeable: bool  # False: the export keeps the adapter modules
 
     def apply(self, model: nn.Module, spec: AdapterSpec) -> Applied: ...
 
@@ -82,48 +112,103 @@ class LoraBackend(Protocol):
 
     def merge(self, model: nn.Module) -> None: ...
 
-    def describe(self, model: nn.Module) -> dict[str, Any]: ...
+    def describe(self, model: nn.Module) -> dict[str, Any]:
+        """One schema for every backend: `method` (what it is, in words), `adapted_modules`, `trainable_params`,
+        `settings` (what shaped the adapters, e.g. rank and scaling), `mergeable`, `export` (what the export
+        holds, in words)."""
+        ...
 
 
-_REGISTRY: dict[str, str] = {}
+DESCRIBE_KEYS = ("method", "adapted_modules", "trainable_params", "settings", "mergeable", "export")
 
 
-def register(name: str, target: str) -> None:
-    """Register backend `name` as `"module.path:Factory"`; the module is imported on first use."""
-    if name in _REGISTRY and _REGISTRY[name] != target:
-        raise ValueError(f"backend {name!r} is already registered ({_REGISTRY[name]})")
-    _REGISTRY[name] = target
+@dataclass(frozen=True)
+class Registration:
+    name: str
+    package: str
+    factory: str
+    method: str
+    portable: bool
+    options: str | None
 
 
-def _load_builtin() -> None:
-    # Importing a backend package runs its one `register(...)` call; its heavy code stays unimported.
-    for pkg in ("linear", "peft", "nemo"):
-        try:
-            importlib.import_module(f"backends.{pkg}")
-        except ModuleNotFoundError as e:
-            if e.name != f"backends.{pkg}":
-                raise
+_REGISTRY: dict[str, Registration] = {}
+_DISCOVERED = False
+
+
+def register(package: str, *, factory: str, method: str, portable: bool = False, options: str | None = None) -> None:
+    """Called once by each backend's `__init__.py` with its own `__name__`."""
+    name = package.rsplit(".", 1)[-1]
+    entry = Registration(name, package, factory, method, portable, options)
+    if name in _REGISTRY and _REGISTRY[name] != entry:
+        raise ValueError(f"backend {name!r} is already registered ({_REGISTRY[name].package})")
+    _REGISTRY[name] = entry
+
+
+def _discover() -> None:
+    """Import every package under `backends/` once; each registers itself."""
+    global _DISCOVERED
+    if _DISCOVERED:
+        return
+    import backends
+
+    for info in pkgutil.iter_modules(backends.__path__):
+        if info.ispkg:
+            importlib.import_module(f"backends.{info.name}")
+    _DISCOVERED = True
 
 
 def names() -> list[str]:
-    _load_builtin()
+    _discover()
     return sorted(_REGISTRY)
 
 
-def get(name: str) -> LoraBackend:
-    """Instantiate backend `name`; an unknown name is an error listing the known ones."""
-    known = names()
+def registration(name: str) -> Registration:
+    _discover()
     if name not in _REGISTRY:
         from common.errors import UserError
 
-        raise UserError(f"Unknown backend {name!r}. Known backends: {', '.join(known)}. Pass one with --backend.")
-    module_path, _, factory = _REGISTRY[name].partition(":")
-    backend = getattr(importlib.import_module(module_path), factory)()
-    if not isinstance(backend, LoraBackend):
-        raise TypeError(f"backend {name!r} ({_REGISTRY[name]}) does not satisfy the LoraBackend protocol")
+        raise UserError(f"Unknown backend {name!r}. Known backends: {', '.join(names())}. Pass one with --backend.")
+    return _REGISTRY[name]
+
+
+def _load(package: str, target: str):
+    module, _, attr = target.partition(":")
+    return getattr(importlib.import_module(f"{package}.{module}"), attr)
+
+
+def get(name: str) -> AdapterBackend:
+    """Instantiate backend `name`; an unknown name is an error listing the known ones."""
+    reg = registration(name)
+    backend = _load(reg.package, reg.factory)()
+    backend.name = reg.name
+    if not isinstance(backend, AdapterBackend):
+        raise TypeError(f"backend {name!r} ({reg.package}.{reg.factory}) does not satisfy the AdapterBackend protocol")
     return backend
 
 
+def options_class(name: str):
+    """The dataclass of backend `name`'s own flags, or None."""
+    reg = registration(name)
+    return _load(reg.package, reg.options) if reg.options else None
+
+
+def option_classes() -> dict[str, type]:
+    """{backend name: its options dataclass} for every backend that has flags of its own."""
+    return {n: cls for n in names() if (cls := options_class(n)) is not None}
+
+
+def same_method(name: str) -> list[str]:
+    """The backends that compute the same function as `name` (itself included)."""
+    method = registration(name).method
+    return [n for n in names() if _REGISTRY[n].method == method]
+
+
+def is_portable(name: str) -> bool:
+    return name in names() and _REGISTRY[name].portable
+
+
+# ---- helpers the backends share ----------------------------------------------------------------------------
 def match_targets(model: nn.Module, patterns: Iterable[str]) -> tuple[list[str], list[str]]:
     """Names of `nn.Linear` modules whose full name matches a pattern, and notes on excluded ones.
 
@@ -131,6 +216,8 @@ def match_targets(model: nn.Module, patterns: Iterable[str]) -> tuple[list[str],
     embedding) is never returned: merging into it would silently change the embedding too.
     """
     import re
+
+    from torch import nn
 
     compiled = [re.compile(p) for p in patterns]
     shared = _shared_weight_ids(model)
@@ -154,6 +241,8 @@ def _shared_weight_ids(model: nn.Module) -> set[int]:
 
 
 def linear_names(model: nn.Module) -> list[str]:
+    from torch import nn
+
     return [n for n, m in model.named_modules() if isinstance(m, nn.Linear)]
 
 
@@ -163,7 +252,7 @@ def set_submodule(model: nn.Module, name: str, new: nn.Module) -> None:
     setattr(parent, child, new)
 
 
-def check_adapter_keys(own: Iterable[str], state: dict[str, torch.Tensor]) -> None:
+def check_adapter_keys(own: Iterable[str], state: Mapping[str, Any]) -> None:
     """Raise KeyError naming the first missing and unexpected adapter keys, if the two sets differ."""
     own = set(own)
     missing, unexpected = sorted(own - set(state)), sorted(set(state) - own)
@@ -172,8 +261,10 @@ def check_adapter_keys(own: Iterable[str], state: dict[str, torch.Tensor]) -> No
                        f"unexpected {unexpected[:5]} ({len(unexpected)})")
 
 
-def copy_adapter_state(params: dict[str, nn.Parameter], state: dict[str, torch.Tensor]) -> None:
+def copy_adapter_state(params: Mapping[str, nn.Parameter], state: Mapping[str, torch.Tensor]) -> None:
     """Check that `state` has exactly the keys of `params`, then copy it in (each in its parameter's dtype)."""
+    import torch
+
     check_adapter_keys(params, state)
     with torch.no_grad():
         for name, value in state.items():

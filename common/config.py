@@ -1,73 +1,107 @@
-"""The training command line: the user's original flags with their original defaults, plus the new ones.
+"""The training settings: every training flag declared once, as a `TrainConfig` field with its help and choices.
 
-`parse_args` turns argv into a validated `TrainConfig`; every problem is reported at once, naming the flag,
-the bad value and the fix. Nothing here imports torch or NeMo, so `--help` and bad flags answer instantly.
+`build_parser` is generated from these fields (plus each backend's own flags, from the registry), and `parse_args`
+turns argv into a validated `TrainConfig`; every problem is reported at once, naming the flag, the bad value and
+the fix. Nothing here imports torch or NeMo, so `--help` and bad flags answer instantly, before any model loads.
+The user's original flags keep their original defaults (bs 2, accum 8, bf16, r 8, alpha 16, dropout 0.0,
+save_every 500).
 """
 from __future__ import annotations
 
 import argparse
-from dataclasses import asdict, dataclass, field
-from pathlib import Path
+import math
+import re
+from dataclasses import asdict, dataclass, field, fields
 
+from backends import registry
 from common.errors import UserError
+from common.flags import add_flags, flag, flag_fields, values_for
 
 BASE_DTYPES = ("auto", "fp32", "bf16")
 PRECISIONS = {"bf16": "bf16-mixed", "fp16": "16-mixed", "16": "16-mixed", "32": "32-true", "fp32": "32-true"}
-SCHEDULES = ("cosine", "linear", "constant")
+SCHEDULES = ("cosine", "linear", "constant")  # common.training.module.DECAY
 LOGGERS = ("csv", "tb", "none")
+
+DATA, BATCH, ADAPT, OPTIM, RUN = ("data and model", "batching and precision", "adapters",
+                                  "optimization and devices", "run directory, checkpoints and export")
 
 
 @dataclass
 class TrainConfig:
-    # the original command line
-    nemo: str | None = None
-    train: str | None = None
-    val: str | None = None
-    bs: int = 2
-    accum: int = 8
-    precision: str | None = None  # None: bf16 where supported, else fp16 (see resolve_precision)
-    max_steps: int = 3000
-    val_every_n_steps: int = 200
-    lora_r: int = 8
-    lora_alpha: float = 16.0
-    lora_dropout: float = 0.0
-    debug_linear: int = 0
-    exp_dir: str = "exp/canary_ru_lora_win"
-    save_every: int = 500
-    export_nemo: str = "models/nemo/canary-ru-lora-merged.nemo"
-    mem_report_steps: int = 50
-    log: str = "csv"
-    # new
-    backend: str = "linear"
-    full_finetune: bool = False
-    seed: int = 42
-    lora_targets: str | None = None
-    adapter_dim: int = 32
-    num_workers: int = 0
-    lr: float = 3e-4
-    warmup_steps: int = 100
-    sched: str = "cosine"
-    weight_decay: float = 0.0
-    grad_clip: float = 1.0
-    val_bs: int | None = None
-    batch_duration: float | None = None
-    max_duration: float = 40.0
-    skip_bad: bool = False
-    data_dir: str = "data"
-    max_train_cuts: int | None = None
-    limit_val_batches: int | None = None
-    resume: str | None = None
-    stop_after_steps: int | None = None
-    regression_manifest: str | None = None
-    regression_threshold: float = 0.05  # relative WER rise on the regression set that is flagged
-    vram_budget_gb: float | None = None
-    devices: int = 1
-    num_nodes: int = 1
-    compile: bool = False
-    cuda_graphs: bool = True  # with --compile on a GPU: replay the compiled layers as CUDA graphs
-    base_dtype: str = "auto"  # dtype the frozen base weights are held in while training
-    eval_before: bool = True
-    extra: dict = field(default_factory=dict)
+    # ---- data and model
+    nemo: str | None = flag(None, "the base Canary .nemo checkpoint", group=DATA, type=str)
+    train: str | None = flag(None, "training manifest (NeMo JSONL)", group=DATA, type=str)
+    val: str | None = flag(None, "validation manifest (NeMo JSONL)", group=DATA, type=str)
+    regression_manifest: str | None = flag(
+        None, "held-out 'general' manifest evaluated before and after, to catch regressions", group=DATA, type=str)
+    regression_threshold: float = flag(
+        0.05, "flag a relative WER rise on the regression set above this (0.05 = 5%%; negative values demand an "
+              "improvement)", group=DATA)
+    max_duration: float = flag(40.0, "drop clips longer than this many seconds (they cost memory quadratically)",
+                               group=DATA)
+    skip_bad: bool = flag(False, "skip missing/unreadable audio instead of stopping", group=DATA)
+    data_dir: str = flag("data", "where cut caches (*.jsonl.gz) are kept and reused", group=DATA)
+    max_train_cuts: int | None = flag(None, "use only the first N training clips (dry runs)", group=DATA, type=int)
+    # ---- batching and precision
+    bs: int = flag(2, "clips per batch", group=BATCH)
+    accum: int = flag(8, "batches per optimizer step (effective batch bs*accum)", group=BATCH)
+    val_bs: int | None = flag(None, "validation batch size (default: --bs)", group=BATCH, type=int)
+    batch_duration: float | None = flag(
+        None, "seconds of audio per batch with duration bucketing (replaces --bs for training)", group=BATCH)
+    precision: str | None = flag(None, "bf16 (default where supported), fp16 (bf16-less GPUs) or 32", group=BATCH,
+                                 choices=sorted(PRECISIONS), type=str)
+    num_workers: int = flag(0, "data loader workers (0 on Windows)", group=BATCH)
+    base_dtype: str = flag(
+        "auto", "dtype of the frozen base weights while training: auto = bf16 under bf16 precision on a GPU (same "
+                "numbers, less memory, fewer kernels), else fp32; the export always merges into the original fp32 "
+                "weights", group=BATCH, choices=BASE_DTYPES)
+    vram_budget_gb: float | None = flag(None, "cap the CUDA allocator to this many GB, to behave like a smaller card",
+                                        group=BATCH)
+    # ---- adapters
+    backend: str = flag(registry.DEFAULT, "adapter implementation (one folder under backends/ each)", group=ADAPT)
+    full_finetune: bool = flag(False, "train every weight instead of adapters (reference mode; no backend)",
+                               group=ADAPT)
+    lora_r: int = flag(8, "LoRA rank", group=ADAPT)
+    lora_alpha: float = flag(16.0, "LoRA alpha (scaling = alpha / r)", group=ADAPT)
+    lora_dropout: float = flag(0.0, "dropout on the LoRA input", group=ADAPT)
+    lora_targets: str | None = flag(
+        None, "comma-separated regexes, full match on module names (default: Canary's attention and feed-forward "
+              "projections)", group=ADAPT, type=str)
+    debug_linear: int = flag(0, "print the first N nn.Linear names and how many were adapted", group=ADAPT)
+    # ---- optimization and devices
+    max_steps: int = flag(3000, "optimizer steps", group=OPTIM)
+    lr: float = flag(3e-4, "AdamW learning rate", group=OPTIM)
+    warmup_steps: int = flag(100, "linear warm-up steps", group=OPTIM)
+    sched: str = flag("cosine", "decay after warm-up", group=OPTIM, choices=SCHEDULES)
+    weight_decay: float = flag(0.0, "AdamW weight decay", group=OPTIM)
+    grad_clip: float = flag(1.0, "gradient norm clip (0: off)", group=OPTIM)
+    seed: int = flag(42, "random seed", group=OPTIM)
+    compile: bool = flag(
+        False, "torch.compile the pre-encoder and the encoder's and decoder's layers for training steps (Linux; ~40 s "
+               "on the first step; 1.8-2x the eager speed at --bs 32 on an H100/H200, +16%% with --batch_duration; "
+               "falls back to eager on failure)", group=OPTIM)
+    cuda_graphs: bool = flag(
+        True, "with --compile on a GPU: replay the compiled layers as CUDA graphs, with each batch padded to whole "
+              "seconds of audio (a little more, for an encoder length that is a multiple of 8) and multiples of 16 "
+              "tokens (--no-cuda_graphs: compiled kernels only)", group=OPTIM)
+    devices: int = flag(1, "GPUs per node (DDP when > 1)", group=OPTIM)
+    num_nodes: int = flag(1, "machines (DDP via torchrun/SLURM)", group=OPTIM)
+    # ---- run directory, checkpoints and export
+    exp_dir: str = flag("exp/canary_ru_lora_win", "run directory: checkpoints, logs, report", group=RUN)
+    save_every: int = flag(500, "checkpoint every N optimizer steps", group=RUN)
+    resume: str | None = flag(None, "'auto' (newest checkpoint in --exp_dir) or a .ckpt path", group=RUN, type=str)
+    stop_after_steps: int | None = flag(
+        None, "stop after this many optimizer steps as Ctrl+C would (interrupt checkpoint + export); the schedule "
+              "still runs to --max_steps, so --resume auto later continues the same run", group=RUN, type=int)
+    export_nemo: str = flag("models/nemo/canary-ru-lora-merged.nemo", "where the merged .nemo is written", group=RUN)
+    val_every_n_steps: int = flag(200, "validate every N optimizer steps", group=RUN)
+    limit_val_batches: int | None = flag(None, "validate on at most N batches", group=RUN, type=int)
+    eval_before: bool = flag(True, "skip the validation pass before training (the report then has no 'before')",
+                             group=RUN, negate="--no_eval_before")
+    mem_report_steps: int = flag(50, "print [MEM:stepN] every N steps", group=RUN)
+    log: str = flag("csv", "training logger", group=RUN, choices=LOGGERS)
+    # the chosen backend's own flags (see backends/<name>/config.py), filled by parse_args
+    backend_options: dict = field(default_factory=dict)
 
     @property
     def targets(self) -> tuple[str, ...] | None:
@@ -75,28 +109,48 @@ class TrainConfig:
             return None
         return tuple(t.strip() for t in self.lora_targets.split(",") if t.strip())
 
+    def adapter_spec(self) -> registry.AdapterSpec:
+        return registry.AdapterSpec(r=self.lora_r, alpha=self.lora_alpha, dropout=self.lora_dropout,
+                                    targets=self.targets or registry.DEFAULT_TARGETS, options=self.backend_options)
+
     def to_dict(self) -> dict:
         return asdict(self)
 
 
-def _positive(problems: list[str], name: str, value, allow_zero: bool = False) -> None:
-    if value is None:
-        return
-    if value < 0 or (value == 0 and not allow_zero):
-        problems.append(f"--{name} must be {'>= 0' if allow_zero else '> 0'}, got {value}")
+REQUIRED = {"nemo": "the .nemo checkpoint", "train": "the train JSONL manifest", "val": "the val JSONL manifest"}
+# flags checked for sign: (> 0, >= 0); None means "not given" and is always fine
+POSITIVE = ("bs", "accum", "max_steps", "val_every_n_steps", "save_every", "lora_r", "devices", "num_nodes", "lr",
+            "lora_alpha", "max_duration", "val_bs", "batch_duration", "vram_budget_gb", "max_train_cuts",
+            "limit_val_batches", "stop_after_steps")
+NON_NEGATIVE = ("debug_linear", "mem_report_steps", "num_workers", "warmup_steps", "weight_decay", "grad_clip")
 
 
 def validate(cfg: TrainConfig) -> TrainConfig:
+    """Every check that needs no file and no model; raises one UserError listing all problems."""
+    problems = check_values(cfg)
+    for name, what in REQUIRED.items():
+        if not getattr(cfg, name):
+            problems.append(f"--{name} is required ({what})")
+    if problems:
+        raise UserError("Invalid arguments:\n" + "\n".join(f"  - {p}" for p in problems))
+    return cfg
+
+
+def check_values(cfg: TrainConfig) -> list[str]:
+    """The problems with the settings' values, one line each (the inputs' presence aside): every command that
+    trains (the CLI, the bench, parity, the sweep) checks its settings here."""
     problems: list[str] = []
-    for name in ("bs", "accum", "max_steps", "val_every_n_steps", "save_every", "lora_r", "adapter_dim",
-                 "devices", "num_nodes"):
-        _positive(problems, name, getattr(cfg, name))
-    for name in ("debug_linear", "mem_report_steps", "num_workers", "warmup_steps", "weight_decay", "grad_clip"):
-        _positive(problems, name, getattr(cfg, name), allow_zero=True)
-    for name in ("lr", "lora_alpha", "max_duration", "val_bs", "batch_duration", "vram_budget_gb",
-                 "max_train_cuts", "limit_val_batches", "stop_after_steps"):
-        _positive(problems, name, getattr(cfg, name))
-    if not isinstance(cfg.regression_threshold, (int, float)) or not -1.0 <= cfg.regression_threshold < float("inf"):
+    for f in flag_fields(TrainConfig):
+        value = getattr(cfg, f.name)
+        if isinstance(value, float) and not math.isfinite(value):
+            problems.append(f"--{f.name} must be a finite number, got {value}")
+    for name in POSITIVE + NON_NEGATIVE:
+        value = getattr(cfg, name)
+        if value is None or (isinstance(value, float) and not math.isfinite(value)):
+            continue
+        if value < 0 or (value == 0 and name in POSITIVE):
+            problems.append(f"--{name} must be {'> 0' if name in POSITIVE else '>= 0'}, got {value}")
+    if math.isfinite(cfg.regression_threshold) and cfg.regression_threshold < -1.0:
         problems.append(f"--regression_threshold must be a finite number >= -1 (0.05 flags a 5% relative WER rise), "
                         f"got {cfg.regression_threshold}")
     if cfg.base_dtype not in BASE_DTYPES:
@@ -109,121 +163,64 @@ def validate(cfg: TrainConfig) -> TrainConfig:
                         f"the bf16 weights would be rounded again; use --base_dtype fp32")
     if not 0.0 <= cfg.lora_dropout < 1.0:
         problems.append(f"--lora_dropout must be in [0, 1), got {cfg.lora_dropout}")
-    if cfg.precision is not None and cfg.precision not in PRECISIONS:
-        problems.append(f"--precision {cfg.precision!r} is not one of {', '.join(PRECISIONS)}")
-    if cfg.sched not in SCHEDULES:
-        problems.append(f"--sched {cfg.sched!r} is not one of {', '.join(SCHEDULES)}")
-    if cfg.log not in LOGGERS:
-        problems.append(f"--log {cfg.log!r} is not one of {', '.join(LOGGERS)}")
-    for name in ("nemo", "train", "val"):
-        if not getattr(cfg, name):
-            problems.append(f"--{name} is required (the {'.nemo checkpoint' if name == 'nemo' else name + ' JSONL manifest'})")
+    for name, allowed in (("precision", PRECISIONS), ("sched", SCHEDULES), ("log", LOGGERS)):
+        value = getattr(cfg, name)
+        if value is not None and value not in allowed:
+            problems.append(f"--{name} {value!r} is not one of {', '.join(allowed)}")
+    if not cfg.full_finetune and cfg.backend not in registry.names():
+        problems.append(f"--backend {cfg.backend!r} is not a backend; known: {', '.join(registry.names())}")
     if cfg.export_nemo and not cfg.export_nemo.endswith(".nemo"):
         problems.append(f"--export_nemo must end with .nemo, got {cfg.export_nemo!r}")
-    if cfg.targets is not None:
-        import re
-
-        for pattern in cfg.targets:
-            try:
-                re.compile(pattern)
-            except re.error as e:
-                problems.append(f"--lora_targets pattern {pattern!r} is not a valid regular expression: {e}")
-    if problems:
-        raise UserError("Invalid arguments:\n" + "\n".join(f"  - {p}" for p in problems))
-    return cfg
+    for pattern in cfg.targets or ():
+        try:
+            re.compile(pattern)
+        except re.error as e:
+            problems.append(f"--lora_targets pattern {pattern!r} is not a valid regular expression: {e}")
+    return problems + _backend_option_problems(cfg)
 
 
-def build_parser(prog: str = "finetune_canary.py") -> argparse.ArgumentParser:
-    d = TrainConfig()
+def _backend_option_problems(cfg: TrainConfig) -> list[str]:
+    """The chosen backend's own options must build its options dataclass (which checks their values)."""
+    if cfg.full_finetune or cfg.backend not in registry.names():
+        return []
+    cls = registry.options_class(cfg.backend)
+    if cls is None:
+        return []
+    known = {f.name for f in fields(cls)}
+    try:
+        cls(**{k: v for k, v in cfg.backend_options.items() if k in known})
+    except UserError as e:
+        return [str(e)]
+    return []
+
+
+def build_parser(prog: str = "finetune_canary.py", *, defaults: dict | None = None) -> argparse.ArgumentParser:
+    """The training command line, generated from `TrainConfig` and every backend's own flags."""
     p = argparse.ArgumentParser(
         prog=prog, formatter_class=argparse.ArgumentDefaultsHelpFormatter,
         description="LoRA fine-tuning of a Canary (NeMo EncDecMultiTaskModel) .nemo on JSONL manifests; "
                     "exports a merged .nemo that loads with EncDecMultiTaskModel.restore_from().")
-    g = p.add_argument_group("data and model")
-    g.add_argument("--nemo", default=d.nemo, help="the base Canary .nemo checkpoint")
-    g.add_argument("--train", default=d.train, help="training manifest (NeMo JSONL)")
-    g.add_argument("--val", default=d.val, help="validation manifest (NeMo JSONL)")
-    g.add_argument("--regression_manifest", default=d.regression_manifest,
-                   help="held-out 'general' manifest evaluated before and after, to catch regressions")
-    g.add_argument("--regression_threshold", type=float, default=d.regression_threshold,
-                   help="flag a relative WER rise on the regression set above this (0.05 = 5%%; negative values "
-                        "demand an improvement)")
-    g.add_argument("--max_duration", type=float, default=d.max_duration,
-                   help="drop clips longer than this many seconds (they cost memory quadratically)")
-    g.add_argument("--skip_bad", action="store_true", help="skip missing/unreadable audio instead of stopping")
-    g.add_argument("--data_dir", default=d.data_dir, help="where cut caches (*.jsonl.gz) are kept and reused")
-    g.add_argument("--max_train_cuts", type=int, default=d.max_train_cuts,
-                   help="use only the first N training clips (dry runs)")
-    g = p.add_argument_group("batching and precision")
-    g.add_argument("--bs", type=int, default=d.bs, help="clips per batch")
-    g.add_argument("--accum", type=int, default=d.accum, help="batches per optimizer step (effective batch bs*accum)")
-    g.add_argument("--val_bs", type=int, default=d.val_bs, help="validation batch size (default: --bs)")
-    g.add_argument("--batch_duration", type=float, default=d.batch_duration,
-                   help="seconds of audio per batch with duration bucketing (replaces --bs for training)")
-    g.add_argument("--precision", default=d.precision, choices=sorted(PRECISIONS),
-                   help="bf16 (default where supported), fp16 (bf16-less GPUs) or 32")
-    g.add_argument("--num_workers", type=int, default=d.num_workers, help="data loader workers (0 on Windows)")
-    g.add_argument("--base_dtype", default=d.base_dtype, choices=BASE_DTYPES,
-                   help="dtype of the frozen base weights while training: auto = bf16 under bf16 precision on a "
-                        "GPU (same numbers, less memory, fewer kernels), else fp32; the export always merges into "
-                        "the original fp32 weights")
-    g.add_argument("--vram_budget_gb", type=float, default=d.vram_budget_gb,
-                   help="cap the CUDA allocator to this many GB, to behave like a smaller card")
-    g = p.add_argument_group("LoRA")
-    g.add_argument("--backend", default=d.backend, help="LoRA implementation: linear, peft or nemo")
-    g.add_argument("--full_finetune", action="store_true",
-                   help="train every weight instead of adapters (reference mode; no backend)")
-    g.add_argument("--lora_r", type=int, default=d.lora_r, help="LoRA rank")
-    g.add_argument("--lora_alpha", type=float, default=d.lora_alpha, help="LoRA alpha (scaling = alpha / r)")
-    g.add_argument("--lora_dropout", type=float, default=d.lora_dropout, help="dropout on the LoRA input")
-    g.add_argument("--lora_targets", default=d.lora_targets,
-                   help="comma-separated regexes, full match on module names (default: Canary's attention and "
-                        "feed-forward projections)")
-    g.add_argument("--adapter_dim", type=int, default=d.adapter_dim, help="NeMo adapter bottleneck (--backend nemo)")
-    g.add_argument("--debug_linear", type=int, default=d.debug_linear,
-                   help="print the first N nn.Linear names and how many were adapted")
-    g = p.add_argument_group("optimization")
-    g.add_argument("--max_steps", type=int, default=d.max_steps, help="optimizer steps")
-    g.add_argument("--lr", type=float, default=d.lr, help="AdamW learning rate")
-    g.add_argument("--warmup_steps", type=int, default=d.warmup_steps, help="linear warm-up steps")
-    g.add_argument("--sched", default=d.sched, choices=SCHEDULES, help="decay after warm-up")
-    g.add_argument("--weight_decay", type=float, default=d.weight_decay, help="AdamW weight decay")
-    g.add_argument("--grad_clip", type=float, default=d.grad_clip, help="gradient norm clip (0: off)")
-    g.add_argument("--seed", type=int, default=d.seed, help="random seed")
-    g.add_argument("--compile", action="store_true",
-                   help="torch.compile the pre-encoder and the encoder's and decoder's layers for training steps "
-                        "(Linux; ~40 s on the first step; 1.8-2x the eager speed at --bs 32 on an H100/H200, +16%% "
-                        "with --batch_duration; falls back to eager on failure)")
-    g.add_argument("--cuda_graphs", action=argparse.BooleanOptionalAction, default=d.cuda_graphs,
-                   help="with --compile on a GPU: replay the compiled layers as CUDA graphs, with each batch padded "
-                        "to whole seconds of audio (a little more, for an encoder length that is a multiple of 8) "
-                        "and multiples of 16 tokens (--no-cuda_graphs: compiled kernels only)")
-    g.add_argument("--devices", type=int, default=d.devices, help="GPUs per node (DDP when > 1)")
-    g.add_argument("--num_nodes", type=int, default=d.num_nodes, help="machines (DDP via torchrun/SLURM)")
-    g = p.add_argument_group("run directory, checkpoints and export")
-    g.add_argument("--exp_dir", default=d.exp_dir, help="run directory: checkpoints, logs, report")
-    g.add_argument("--save_every", type=int, default=d.save_every, help="checkpoint every N optimizer steps")
-    g.add_argument("--resume", default=d.resume, help="'auto' (newest checkpoint in --exp_dir) or a .ckpt path")
-    g.add_argument("--stop_after_steps", type=int, default=d.stop_after_steps,
-                   help="stop after this many optimizer steps as Ctrl+C would (interrupt checkpoint + export); the "
-                        "schedule still runs to --max_steps, so --resume auto later continues the same run")
-    g.add_argument("--export_nemo", default=d.export_nemo, help="where the merged .nemo is written")
-    g.add_argument("--val_every_n_steps", type=int, default=d.val_every_n_steps, help="validate every N optimizer steps")
-    g.add_argument("--limit_val_batches", type=int, default=d.limit_val_batches, help="validate on at most N batches")
-    g.add_argument("--no_eval_before", dest="eval_before", action="store_false",
-                   help="skip the validation pass before training (the report then has no 'before')")
-    g.add_argument("--mem_report_steps", type=int, default=d.mem_report_steps, help="print [MEM:stepN] every N steps")
-    g.add_argument("--log", default=d.log, choices=LOGGERS, help="training logger")
+    add_flags(p, TrainConfig, defaults=defaults)
+    for action in p._actions:  # the choices of --backend are whatever folders backends/ holds
+        if action.dest == "backend":
+            action.help = f"{action.help}: {', '.join(registry.names())}"
+    for cls in registry.option_classes().values():
+        add_flags(p, cls, defaults=defaults)
     return p
+
+
+def config_from(namespace) -> TrainConfig:
+    """A `TrainConfig` from parsed flags; the chosen backend's own flags go into `backend_options`."""
+    cfg = TrainConfig(**values_for(TrainConfig, namespace))
+    if not cfg.full_finetune and cfg.backend in registry.names():
+        cls = registry.options_class(cfg.backend)
+        cfg.backend_options = values_for(cls, namespace) if cls is not None else {}
+    return cfg
 
 
 def parse_args(argv: list[str] | None = None, parser: argparse.ArgumentParser | None = None) -> TrainConfig:
     parser = parser or build_parser()
-    ns = parser.parse_args(argv)
-    known = set(TrainConfig.__dataclass_fields__)
-    cfg = TrainConfig(**{k: v for k, v in vars(ns).items() if k in known})
-    cfg.extra = {k: v for k, v in vars(ns).items() if k not in known}
-    return validate(cfg)
+    return validate(config_from(parser.parse_args(argv)))
 
 
 def resolve_precision(requested: str | None) -> tuple[str, str | None]:
@@ -247,9 +244,3 @@ def resolve_base_dtype(choice: str, precision: str, full_finetune: bool) -> str:
         return choice
     gpu = torch.cuda.is_available()
     return "bf16" if gpu and precision == "bf16-mixed" and not full_finetune else "fp32"
-
-
-def exp_paths(exp_dir: str | Path) -> dict[str, Path]:
-    root = Path(exp_dir)
-    return {"root": root, "checkpoints": root / "checkpoints", "metrics": root / "metrics.jsonl",
-            "run": root / "run.json", "adapters": root / "adapters.safetensors", "report": root / "report.md"}

@@ -22,3 +22,11 @@ class Interrupted(BaseException):
     A BaseException like KeyboardInterrupt, so no `except Exception` swallows it, but not a KeyboardInterrupt,
     which Lightning turns into `exit(1)` after its own shutdown message.
     """
+
+
+class NonFiniteLoss(Exception):
+    """The training loss (or a weight about to be saved) stopped being finite: training stops at that step."""
+
+    def __init__(self, step: int, value: float, what: str = "loss"):
+        super().__init__(f"non-finite {what} ({value}) at step {step}")
+        self.step, self.value, self.what = step, value, what

@@ -1,4 +1,4 @@
-"""Keep Linux/GPU-only packages out of the Windows path (`linear` backend, no --compile).
+"""Keep Linux/GPU-only packages out of the Windows path (a backend registered as portable, no --compile).
 
 NeMo probes apex and Megatron when its ASR models are imported (`nemo/utils/megatron_utils.py`, inside
 try/except), and torch probes triton when `torch._dynamo` loads. Where such a package is installed but broken
@@ -6,11 +6,10 @@ try/except), and torch probes triton when `torch._dynamo` loads. Where such a pa
 pages of errors. Marking the names as absent in `sys.modules` before anything heavy loads makes every such
 import fail at once with ImportError, before any finder looks at the disk; the probes then take their
 "not installed" branch. `torch.compile` needs triton on a GPU, so a run with --compile is left alone, as are
-the other backends.
+backends that are not portable.
 """
 from __future__ import annotations
 
-import argparse
 import sys
 from typing import Sequence
 
@@ -28,17 +27,13 @@ def block(names: Sequence[str] = BLOCKED) -> list[str]:
     return done
 
 
-def is_linear_path(argv: Sequence[str]) -> bool:
-    """Whether a training command line runs the Windows path: the `linear` backend (or full fine-tuning)
-    without --compile. Reads only those flags, so it works before the full parser (and NeMo) load."""
-    p = argparse.ArgumentParser(add_help=False)
-    p.add_argument("--backend", default="linear")
-    p.add_argument("--compile", action="store_true")
-    p.add_argument("--full_finetune", action="store_true")
-    ns, _ = p.parse_known_args(list(argv))
-    return not ns.compile and (ns.backend == "linear" or ns.full_finetune)
+def is_portable_path(cfg) -> bool:
+    """Whether a training run takes the Windows path: a portable backend (or full fine-tuning), no --compile."""
+    from backends import registry
+
+    return not cfg.compile and (cfg.full_finetune or registry.is_portable(cfg.backend))
 
 
-def guard_linear_path(argv: Sequence[str]) -> list[str]:
-    """`block()` when `argv` runs the Windows path; returns what was blocked (empty otherwise)."""
-    return block() if is_linear_path(argv) else []
+def guard_portable_path(cfg) -> list[str]:
+    """`block()` when `cfg` runs the Windows path (call it before NeMo loads); returns what was blocked."""
+    return block() if is_portable_path(cfg) else []

@@ -73,3 +73,25 @@ class MetricsLog:
         record = {"kind": kind, "time_s": round(time.time() - self.t0, 3), **fields}
         with open(self.path, "a", encoding="utf-8") as f:
             f.write(json.dumps(record, ensure_ascii=False) + "\n")
+
+
+def set_memory_cap(budget_gb: float | None, *, announce: bool = False) -> None:
+    """Cap the CUDA allocator at `budget_gb` (None: the whole card), so a run behaves like one on a smaller card;
+    allocations past the cap fail as on that card. Nothing happens without CUDA."""
+    import torch
+
+    if not torch.cuda.is_available():
+        return
+    total = torch.cuda.get_device_properties(0).total_memory
+    fraction = 1.0 if budget_gb is None else min(1.0, budget_gb * GB / total)
+    torch.cuda.set_per_process_memory_fraction(fraction)
+    if announce and budget_gb is not None:
+        print(f"[vram] allocator capped at {budget_gb:.1f} GB of {total / GB:.1f} GB ({fraction:.3f})", flush=True)
+
+
+def device_sync() -> None:
+    """Wait for the GPU's queued work (a host sync: only where a clock is read or a profile starts)."""
+    import torch
+
+    if torch.cuda.is_available():
+        torch.cuda.synchronize()

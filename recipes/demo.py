@@ -10,10 +10,8 @@ import subprocess
 import sys
 from pathlib import Path
 
-REPO = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(REPO))
-
-from common.cli import run_main  # noqa: E402
+from common.rundir import REPO
+from recipes.entry import run_main
 
 
 def demo_args(emb) -> list[str]:
@@ -41,8 +39,8 @@ def restore_in_fresh_process(nemo: Path) -> bool:
 
 def main(argv: list[str] | None = None) -> int:
     from common.config import parse_args
-    from common.embedded import ensure_embedded
-    from common.train import run
+    from common.embedded.default import ensure_embedded
+    from common.training.run import run
 
     emb = ensure_embedded(pretrain=True)
     cfg = parse_args(demo_args(emb) + list(sys.argv[1:] if argv is None else argv))

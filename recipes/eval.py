@@ -7,18 +7,37 @@ Writes eval.md (readable) and eval.json (every transcript, both normalizations) 
 """
 from __future__ import annotations
 
+import argparse
 import sys
 from pathlib import Path
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+from common.config import TrainConfig
+from common.flags import add_flags, values_for
+from common.quality.evaluate import EvalSettings
+from recipes.entry import run_main
 
-from common.cli import run_main  # noqa: E402
+SHARED = ("max_duration", "skip_bad", "data_dir", "num_workers")  # declared by TrainConfig
+
+
+def build_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(
+        prog="eval.py", formatter_class=argparse.ArgumentDefaultsHelpFormatter,
+        description="Transcribe a manifest with a Canary .nemo and report WER/CER overall and per language; "
+                    "with --baseline, compare two models utterance by utterance.")
+    add_flags(p, EvalSettings)
+    add_flags(p, TrainConfig, only=SHARED, group="data")
+    return p
 
 
 def main(argv: list[str] | None = None) -> int:
-    from common.evaluate import main as evaluate
+    ns = build_parser().parse_args(argv)
+    settings = EvalSettings(**values_for(EvalSettings, ns), **{k: getattr(ns, k) for k in SHARED})
+    from common.quality.eval_report import print_summary
+    from common.quality.evaluate import run_eval
 
-    return evaluate(argv)
+    result = run_eval(settings)
+    print_summary(result, Path(settings.out))
+    return 0
 
 
 if __name__ == "__main__":

@@ -11,11 +11,9 @@ import argparse
 import sys
 from pathlib import Path
 
-REPO = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(REPO))
-
-from common.cli import run_main  # noqa: E402
-from common.errors import UserError  # noqa: E402
+from common.errors import UserError
+from common.rundir import REPO, cache_dir
+from recipes.entry import run_main
 
 # where `just demo` (recipes/demo.py) writes its run and export
 DEMO_EXPORT = REPO / "models" / "demo" / "canary-tiny-ru-lora.nemo"
@@ -23,8 +21,6 @@ DEMO_RUN = REPO / "exp" / "demo"
 
 
 def default_manifest() -> Path | None:
-    from common.embedded import cache_dir
-
     path = cache_dir() / "demo" / "adapt_val.jsonl"
     return path if path.is_file() else None
 
@@ -66,7 +62,7 @@ def main(argv: list[str] | None = None) -> int:
 
     import torch
 
-    from common.verify import verify_export
+    from common.quality.verify import verify_export
 
     device = ("cuda" if torch.cuda.is_available() else "cpu") if args.device == "auto" else args.device
     report = verify_export(nemo, against=against, base=args.base, manifest=manifest, bs=args.bs,

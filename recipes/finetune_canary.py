@@ -1,23 +1,21 @@
 """Fine-tune a Canary .nemo with LoRA and export a merged .nemo.
 
     python recipes/finetune_canary.py --nemo canary-1b-v2.nemo --train train.jsonl --val val.jsonl
+    python -m recipes.finetune_canary ...          # the same entry function (parity starts it this way)
 """
 from __future__ import annotations
 
 import sys
-from pathlib import Path
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-
-from common.cli import run_main  # noqa: E402
-from common.config import parse_args  # noqa: E402
-from common.import_guard import guard_linear_path  # noqa: E402
+from common.config import parse_args
+from common.import_guard import guard_portable_path
+from recipes.entry import run_main
 
 
 def main(argv: list[str] | None = None) -> int:
-    guard_linear_path(sys.argv[1:] if argv is None else argv)  # before NeMo loads: see common/import_guard.py
     cfg = parse_args(argv)
-    from common.train import run
+    guard_portable_path(cfg)  # before NeMo loads: see common/import_guard.py
+    from common.training.run import run
 
     result = run(cfg)
     if result.status == "nonfinite":

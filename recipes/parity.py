@@ -1,10 +1,11 @@
-"""Compare the backends on the tiny default: LoRA in `linear` and `peft` must agree; `nemo` adapters sit beside.
+"""Compare the backends on the tiny default: backends of one method (LoRA: linear, peft) must agree; the others sit
+beside them.
 
     just parity                      # 5 steps per backend, report in exp/parity/parity.md (+ loss.png)
     just parity --steps 20 --out exp/parity-20
 
-Checks: the same A/B gives the same log-probs; the same seed gives the same loss at every step and the same merged
-weights; the merged exports restore with equal outputs. Exits 1 when a check fails.
+Checks: the same adapter weights give the same log-probs; the same seed gives the same loss at every step and the
+same merged weights; the merged exports restore with equal outputs. Exits 1 when a check fails.
 """
 from __future__ import annotations
 
@@ -12,10 +13,10 @@ import argparse
 import sys
 from pathlib import Path
 
-REPO = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(REPO))
+from recipes.entry import run_main
 
-from common.cli import run_main  # noqa: E402
+# each training run starts the same entry function as the command line, in a process of its own
+TRAIN_COMMAND = (sys.executable, "-m", "recipes.finetune_canary")
 
 
 def parse(argv: list[str] | None):
@@ -32,13 +33,14 @@ def parse(argv: list[str] | None):
 
 def main(argv: list[str] | None = None) -> int:
     args = parse(argv)
-    from common import parity
-    from common.embedded import ensure_embedded
+    from common.embedded.default import ensure_embedded
+    from common.quality import parity
+    from common.quality.parity_report import write_report
 
     settings = parity.Settings(steps=args.steps, seed=args.seed, max_generation_delta=args.max_generation_delta)
     embedded = ensure_embedded(pretrain=False)  # demo speech + the random tiny Canary, cached
-    result = parity.compare(embedded, settings, Path(args.out))
-    report = parity.write_report(result)
+    result = parity.compare(embedded, settings, Path(args.out), TRAIN_COMMAND)
+    report = write_report(result)
     for check in result.checks:
         print(f"[parity] {'PASS' if check.ok else 'FAIL'}  {check.name}", flush=True)
     print(f"[parity] {'all checks pass' if result.ok else 'a check FAILED'}; report: {report}", flush=True)

@@ -11,7 +11,7 @@ cd "$(dirname "$0")/.."
 PY="${PYTHON:-python3}"
 
 for arg in "$@"; do
-  if [[ "$arg" == "-h" || "$arg" == "--help" ]]; then exec "$PY" recipes/runpod_train.py --help; fi
+  if [[ "$arg" == "-h" || "$arg" == "--help" ]]; then exec "$PY" -m recipes.runpod_train --help; fi
 done
 
 "$PY" - <<'PYCHECK'
@@ -62,4 +62,4 @@ else:
     print("[launcher] no CUDA GPU found: training runs on the CPU (fine for the tiny default, far too slow for a 1B model)")
 PYINFO
 
-exec "$PY" recipes/runpod_train.py "$@"
+exec "$PY" -m recipes.runpod_train "$@"  # -m: the repository root is the import root, installed or not

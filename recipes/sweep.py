@@ -22,11 +22,11 @@ import time
 from pathlib import Path
 
 T_START = time.monotonic()
-REPO = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(REPO))
 
-from common.cli import run_main  # noqa: E402
-from common.errors import UserError  # noqa: E402
+from common.config import TrainConfig
+from common.flags import add_flags
+from recipes.entry import run_main
+from common.errors import UserError
 
 COLUMNS = (
     ("rank", "rank", "{}"), ("label", "run", "{}"), ("status", "status", "{}"),
@@ -40,25 +40,17 @@ COLUMNS = (
 def parse(argv: list[str] | None):
     p = argparse.ArgumentParser(prog="sweep.py", description=__doc__.split("\n\n")[0],
                                 formatter_class=argparse.ArgumentDefaultsHelpFormatter)
-    p.add_argument("--nemo", default=None, help="base .nemo (default: the embedded tiny Canary, random weights)")
-    p.add_argument("--train", default=None, help="training manifest (default: the demo's adapt_train)")
-    p.add_argument("--val", default=None, help="validation manifest (default: the demo's adapt_val)")
-    p.add_argument("--lora_r", type=int, nargs="+", default=[8, 16], help="ranks to try")
-    p.add_argument("--lora_alpha", type=float, nargs="+", default=[16.0, 32.0], help="alphas to try")
-    p.add_argument("--lora_dropout", type=float, nargs="+", default=[0.0, 0.05], help="dropouts to try")
-    p.add_argument("--backend", default="linear", help="LoRA backend (linear, peft)")
-    p.add_argument("--max_steps", type=int, default=30, help="optimizer steps per run")
-    p.add_argument("--bs", type=int, default=4, help="clips per batch")
-    p.add_argument("--accum", type=int, default=1, help="batches per optimizer step")
-    p.add_argument("--lr", type=float, default=1e-3,
-                   help="learning rate (higher than a long run's, so short runs separate)")
-    p.add_argument("--warmup_steps", type=int, default=5, help="linear warm-up steps")
+    # the training flags, from TrainConfig, with the sweep's defaults: the embedded tiny Canary and the demo's adapt
+    # slice when no model or data is given, short runs, and a higher learning rate so that short runs separate;
+    # --lora_r, --lora_alpha and --lora_dropout take several values, and every combination runs
+    add_flags(p, TrainConfig, only=("nemo", "train", "val", "lora_r", "lora_alpha", "lora_dropout", "backend",
+                                    "max_steps", "bs", "accum", "lr", "warmup_steps", "val_bs", "precision", "seed"),
+              defaults={"lora_r": [8, 16], "lora_alpha": [16.0, 32.0], "lora_dropout": [0.0, 0.05], "max_steps": 30,
+                        "bs": 4, "accum": 1, "lr": 1e-3, "warmup_steps": 5, "val_bs": 16, "seed": 0},
+              nargs={"lora_r": "+", "lora_alpha": "+", "lora_dropout": "+"}, group="training flags")
     # Validation also decodes greedily (for WER); a barely trained model rarely stops early, so decoding runs to
     # the maximum length and costs far more than the loss. One batch keeps that cost to a single decode.
     p.add_argument("--val_batches", type=int, default=1, help="validation batches for the final loss")
-    p.add_argument("--val_bs", type=int, default=16, help="validation batch size")
-    p.add_argument("--precision", default=None, help="bf16, fp16 or 32 (default: 32 on CPU, bf16 on GPU)")
-    p.add_argument("--seed", type=int, default=0, help="one seed for every run, so only the settings differ")
     p.add_argument("--spike_factor", type=float, default=5.0,
                    help="a gradient norm above this many times the running median counts as a spike")
     p.add_argument("--tolerance", type=float, default=0.02,
@@ -73,7 +65,7 @@ def grad_spikes(norms: list[float], factor: float, settle: int = 3) -> int:
 
 
 def summarize(label: str, cfg, result, factor: float) -> dict:
-    from common.plots import read_metrics, series
+    from common.quality.plots import read_metrics, series
 
     records = read_metrics(Path(cfg.exp_dir) / "metrics.jsonl")
     train = [r for r in records if r.get("kind") == "train"]
@@ -127,15 +119,15 @@ def main(argv: list[str] | None = None) -> int:
     args = parse(argv)
     import torch
 
-    from common import bench
-    from common.config import TrainConfig, validate
-    from common.plots import plot_bars
-    from common.train import run
+    from common.bench.tables import markdown_table, write_table
+    from common.config import validate
+    from common.quality.plots import plot_bars
+    from common.training.run import run
 
     # ---- setup ---------------------------------------------------------------------------------------
     out = Path(args.out)
     if args.nemo is None or args.train is None or args.val is None:
-        from common.embedded import ensure_embedded
+        from common.embedded.default import ensure_embedded
 
         emb = ensure_embedded(pretrain=False)
         args.nemo = args.nemo or str(emb.random_nemo)
@@ -174,11 +166,11 @@ def main(argv: list[str] | None = None) -> int:
              f"{args.val_batches} batch(es) of {args.val}.", why]
     if not isinstance(ranked[0].get("val_loss"), (int, float)):
         raise UserError("no sweep run produced a validation loss; see the messages above")
-    paths = bench.write_table(ranked, out, "sweep", title="LoRA sweep: rank x alpha x dropout", notes=notes,
+    paths = write_table(ranked, out, "sweep", title="LoRA sweep: rank x alpha x dropout", notes=notes,
                               columns=COLUMNS, formats=("md", "csv"))
     png = plot_bars([r["label"] for r in ranked], [r["val_loss"] for r in ranked], out / "sweep.png",
                     ylabel="final validation loss", title="LoRA sweep (lower is better)")
-    print("\n" + bench.markdown_table(ranked, COLUMNS) + "\n" + "\n".join(notes), flush=True)
+    print("\n" + markdown_table(ranked, COLUMNS) + "\n" + "\n".join(notes), flush=True)
     print(f"[sweep] wrote {paths['md']}, {paths['csv']}, {png} ({time.monotonic() - T_START:.0f} s)", flush=True)
     return 0 if pick is not None else 1
 

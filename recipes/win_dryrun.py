@@ -7,12 +7,8 @@ long run: LoRA really replaced layers (--debug_linear 20), MEM lines print, the 
 from __future__ import annotations
 
 import sys
-from pathlib import Path
 
-REPO = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(REPO))
-
-from common.cli import run_main  # noqa: E402
+from recipes.entry import run_main
 
 DRYRUN = ["--max_train_cuts", "16", "--max_steps", "4", "--bs", "2", "--accum", "2", "--val_every_n_steps", "4",
           "--save_every", "4", "--limit_val_batches", "2", "--debug_linear", "20", "--mem_report_steps", "1",
@@ -21,20 +17,22 @@ DRYRUN = ["--max_train_cuts", "16", "--max_steps", "4", "--bs", "2", "--accum", 
 
 
 def main(argv: list[str] | None = None) -> int:
-    from common.config import parse_args
-    from common.import_guard import guard_linear_path
+    from common.config import build_parser, config_from, parse_args
+    from common.import_guard import guard_portable_path
 
     user = list(sys.argv[1:] if argv is None else argv)
-    guard_linear_path(user)  # the Windows path: keep triton/apex/megatron/deepspeed out (common/import_guard.py)
+    # the Windows path keeps triton/apex/megatron/deepspeed out (common/import_guard.py): decided from the flags,
+    # before the embedded default (which loads NeMo) is built
+    guard_portable_path(config_from(build_parser().parse_args(DRYRUN + user)))
     base = []
     if "--nemo" not in user:
-        from common.embedded import ensure_embedded
+        from common.embedded.default import ensure_embedded
 
         emb = ensure_embedded(pretrain=False)
         base = ["--nemo", str(emb.random_nemo), "--train", str(emb.data.adapt_train), "--val",
                 str(emb.data.adapt_val), "--data_dir", str(emb.data.root.parent / "cuts")]
     cfg = parse_args(base + DRYRUN + user)
-    from common.train import run
+    from common.training.run import run
 
     result = run(cfg)  # zero replaced modules is already an error inside run()
     ok = result.status == "finished" and result.export_check.get("ok", False) and len(result.adapted) > 0

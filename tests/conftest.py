@@ -8,7 +8,6 @@ from pathlib import Path
 import pytest
 
 REPO = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(REPO))
 os.environ.setdefault("NEMO_LOG_LEVEL", "WARNING")
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 
@@ -16,7 +15,7 @@ os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 @pytest.fixture(scope="session")
 def embedded():
     """Demo speech set + random tiny Canary (no pretraining): built once, cached in .cache/."""
-    from common.embedded import ensure_embedded
+    from common.embedded.default import ensure_embedded
 
     return ensure_embedded(pretrain=False)
 
@@ -32,8 +31,8 @@ def demo(embedded):
 
 
 def restore_tiny(path: Path):
-    from common.model_io import restore
-    from common.preflight import inspect_nemo
+    from common.model.io import restore
+    from common.model.archive import inspect_nemo
 
     return restore(path, info=inspect_nemo(path))
 

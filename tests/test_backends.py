@@ -18,16 +18,16 @@ from backends import registry
 from common.errors import UserError
 
 REPO = Path(__file__).resolve().parents[1]
-BACKENDS = ("linear", "peft", "nemo")
-LORA = ("linear", "peft")
-SPEC = registry.AdapterSpec(r=4, alpha=8.0, adapter_dim=16)
+BACKENDS = tuple(registry.names())  # every registered backend runs through the same table of checks
+LORA = tuple(registry.same_method("linear"))  # one method: the same function, the same saved layout
+SPEC = registry.AdapterSpec(r=4, alpha=8.0, options={"adapter_dim": 16})
 
 
 # ---- shared inputs (built once per module) --------------------------------------------------------------------
 @pytest.fixture(scope="module")
 def inputs(tiny_model_path, demo):
     """A fixed validation batch, three training batches, and the base model's log-probs on the fixed batch."""
-    from common.export import fixed_batch, log_probs
+    from common.model.steps import fixed_batch, log_probs
     from tests.conftest import restore_tiny
     from tests.helpers import val_loader
 
@@ -39,7 +39,7 @@ def inputs(tiny_model_path, demo):
 
 
 def adapted(model, name: str, spec: registry.AdapterSpec = SPEC):
-    from common.model_io import freeze
+    from common.model.io import freeze
 
     freeze(model)
     backend = registry.get(name)
@@ -58,7 +58,7 @@ def randomize(backend, model, seed: int = 0) -> dict[str, torch.Tensor]:
 
 
 def out(model, batch) -> torch.Tensor:
-    from common.export import log_probs
+    from common.model.steps import log_probs
 
     return log_probs(model, batch)
 
@@ -68,12 +68,15 @@ def max_diff(a: torch.Tensor, b: torch.Tensor) -> float:
 
 
 # ---- the registry ---------------------------------------------------------------------------------------------
-def test_every_backend_is_registered():
-    assert registry.names() == sorted(BACKENDS)
+def test_every_backend_folder_is_registered_under_its_own_name():
+    folders = sorted(p.parent.name for p in (REPO / "backends").glob("*/__init__.py"))
+    assert registry.names() == folders and {"linear", "peft", "nemo"} <= set(folders)
     for name in BACKENDS:
         backend = registry.get(name)
-        assert isinstance(backend, registry.LoraBackend) and backend.name == name
-    assert [registry.get(n).mergeable for n in BACKENDS] == [True, True, False]
+        assert isinstance(backend, registry.AdapterBackend) and backend.name == name
+    assert {n: registry.get(n).mergeable for n in ("linear", "peft", "nemo")} == {
+        "linear": True, "peft": True, "nemo": False}
+    assert LORA == ("linear", "peft") and registry.is_portable("linear") and not registry.is_portable("peft")
 
 
 def test_unknown_backend_lists_the_known_ones():
@@ -87,7 +90,7 @@ def test_choosing_linear_never_imports_peft_or_nemo_adapters():
         "import sys; sys.path.insert(0, '.')\n"
         "import torch\n"
         "from backends import registry\n"
-        "import common.train, common.module, common.export\n"
+        "import common.training.run, common.training.module, common.model.export\n"
         "model = torch.nn.Module(); model.encoder = torch.nn.Module(); model.encoder.layers = torch.nn.ModuleList("
         "[torch.nn.Module()]); model.encoder.layers[0].self_attn = torch.nn.Module()\n"
         "model.encoder.layers[0].self_attn.linear_q = torch.nn.Linear(4, 4)\n"
@@ -104,7 +107,8 @@ def test_choosing_linear_never_imports_peft_or_nemo_adapters():
 # ---- training touches adapters only ----------------------------------------------------------------------------
 @pytest.mark.parametrize("name", BACKENDS)
 def test_only_adapters_train_and_only_they_change(name, tiny_model, inputs):
-    from common.module import compute_loss, freeze_batchnorm
+    from common.model.steps import compute_loss
+    from common.training.module import freeze_batchnorm
 
     backend = adapted(tiny_model, name)
     trainable = {n for n, _ in backend.trainable_parameters(tiny_model)}
@@ -128,7 +132,7 @@ def test_only_adapters_train_and_only_they_change(name, tiny_model, inputs):
 def test_rounded_batch_shapes_leave_the_loss_unchanged(tiny_model, inputs):
     """CUDA-graphed training pads each batch to rounded audio and token lengths, and the audio further to an
     encoder length that is a multiple of 8; every pad must be masked."""
-    from common.module import ShapeRounding, compute_loss, rounded_inputs
+    from common.model.steps import ShapeRounding, compute_loss, rounded_inputs
 
     tiny_model.eval()  # no dither: the preprocessor is deterministic
     for batch in inputs.train:
@@ -152,8 +156,9 @@ def test_rounded_batch_shapes_leave_the_loss_unchanged(tiny_model, inputs):
 def test_an_extra_relative_position_leaves_the_training_loss_unchanged(tiny_model, inputs):
     """Compiled training steps hand the attention 2T positions instead of 2T-1; the attention never reads the
     extra one, so the loss (same seed, so the same dropout draws) and the gradients stay the same."""
-    from common.module import compute_loss, freeze_batchnorm
-    from common.train import align_relative_positions
+    from common.model.steps import compute_loss
+    from common.training.module import freeze_batchnorm
+    from common.model.compile import align_relative_positions
 
     seen = []
     layer = tiny_model.encoder.layers[0]
@@ -187,7 +192,7 @@ def test_audio_is_padded_to_the_fewest_samples_with_an_aligned_encoder_length(ti
     """15 s at canary's 10 ms hop and 8x subsampling gives 188 encoder frames; 15.28 s is the shortest audio
     that gives 192. Checked against the real preprocessor and encoder (the tiny model subsamples 4x): the
     padded batch's encoder output is what the attention multiplies."""
-    from common.module import aligned_audio_length
+    from common.model.steps import aligned_audio_length
 
     hop, factor = tiny_model.preprocessor.featurizer.hop_length, tiny_model.encoder.subsampling_factor
     tiny_model.eval()
@@ -241,7 +246,7 @@ def test_merge_keeps_the_outputs(name, tiny_model, inputs):
 # ---- adapter files ------------------------------------------------------------------------------------------------
 @pytest.mark.parametrize("name", BACKENDS)
 def test_adapter_file_round_trip_is_exact(name, tiny_model, tiny_model_path, inputs, tmp_path):
-    from common.checkpoints import load_adapters, save_adapters
+    from common.checkpoint_files import load_adapters, save_adapters
     from tests.conftest import restore_tiny
 
     backend = adapted(tiny_model, name)
@@ -264,7 +269,7 @@ def test_adapter_file_round_trip_is_exact(name, tiny_model, tiny_model_path, inp
 
 @pytest.mark.parametrize("src,dst", [("linear", "peft"), ("peft", "linear")])
 def test_lora_adapters_move_between_linear_and_peft(src, dst, tiny_model, tiny_model_path, inputs, tmp_path):
-    from common.checkpoints import load_adapters, save_adapters
+    from common.checkpoint_files import load_adapters, save_adapters
     from tests.conftest import restore_tiny
 
     source = adapted(tiny_model, src)
@@ -284,8 +289,8 @@ def test_export_restores_with_stock_restore_from(name, tiny_model, tiny_model_pa
     from nemo.collections.asr.models import EncDecMultiTaskModel
 
     from backends.nemo.layer import DECODER_ADAPTER, ENCODER_ADAPTER
-    from common.export import export_model
-    from common.preflight import inspect_nemo
+    from common.model.export import export_model
+    from common.model.archive import inspect_nemo
     from tests.helpers import val_loader
 
     backend = adapted(tiny_model, name)
@@ -320,22 +325,24 @@ def test_lora_backends_never_wrap_the_tied_head(name, tiny_model):
 
 @pytest.mark.parametrize("name", BACKENDS)
 def test_adapt_reports_adapted_modules_and_describe(name, tiny_model, capsys):
-    from common.model_io import freeze
-    from common.train import adapt
+    from common.model.io import freeze
+    from common.model.adapt import adapt
 
     freeze(tiny_model)
     backend = registry.get(name)
     modules = adapt(tiny_model, backend, SPEC, debug_linear=0)
     info = backend.describe(tiny_model)
-    assert modules and info["adapted_modules"] == len(modules) and info["backend"] == name
+    assert tuple(info) == registry.DESCRIBE_KEYS  # one schema for every backend
+    assert modules and info["adapted_modules"] == len(modules) and info["mergeable"] is backend.mergeable
     assert info["trainable_params"] == sum(p.numel() for p in tiny_model.parameters() if p.requires_grad)
+    assert isinstance(info["method"], str) and isinstance(info["export"], str) and info["settings"]
     if name == "nemo":
         assert len(modules) == 4 and all(".adapter_layer." in m for m in modules)  # 2 encoder + 2 decoder layers
-        assert info["adapter_dim"] == SPEC.adapter_dim and info["mergeable"] is False
+        assert info["settings"] == {"adapter_dim": SPEC.options["adapter_dim"]} and info["mergeable"] is False
         printed = capsys.readouterr().out
         assert "--lora_targets" in printed and "keeps them" in printed
-    else:
-        assert len(modules) == 36 and (info["rank"], info["scaling"]) == (SPEC.r, SPEC.scaling)
+    elif name in LORA:
+        assert len(modules) == 36 and info["settings"] == {"rank": SPEC.r, "scaling": SPEC.scaling}
 
 
 # ---- `just parity` -------------------------------------------------------------------------------------------------
@@ -346,8 +353,30 @@ def test_parity_recipe_passes_and_writes_its_report(tmp_path):
                           capture_output=True, text=True, timeout=1200)
     assert done.returncode == 0, (done.stdout[-3000:], done.stderr[-3000:])
     report = (run_dir / "parity.md").read_text(encoding="utf-8")
-    for needle in ("Numeric", "Training", "Export", "NeMo adapters", "PASS", "trainable params", "step time",
-                   "peak RSS", "WER"):
+    for needle in ("Numeric", "Training", "Export", "keeps the adapters", "PASS", "trainable params", "step time",
+                   "peak RSS", "WER", "Every backend side by side"):
         assert needle in report, needle
     assert "FAIL" not in report
     assert (run_dir / "loss.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+
+
+# ---- a new backend is one new folder --------------------------------------------------------------------------------
+def test_a_copied_backend_folder_trains_with_no_other_edit(tmp_path, embedded):
+    """Drop a copy of a backend into backends/<x>/ and train with --backend <x> through the real command line:
+    the registry finds it, the CLI offers it, the run trains, exports and reports it."""
+    import shutil
+
+    from tests.train_cli import run, tiny_args
+
+    copy = REPO / "backends" / "lora_copy"
+    assert not copy.exists()
+    shutil.copytree(REPO / "backends" / "linear", copy, ignore=shutil.ignore_patterns("__pycache__"))
+    try:
+        code, output = run(tiny_args(embedded.random_nemo, embedded.data, tmp_path / "run", tmp_path / "data",
+                                     backend="lora_copy", max_steps=2, save_every=2, val_every_n_steps=2))
+    finally:
+        shutil.rmtree(copy)
+    assert code == 0, output[-3000:]
+    assert "[lora] backend lora_copy: 36 modules" in output
+    summary = __import__("json").loads((tmp_path / "run" / "summary.json").read_text(encoding="utf-8"))
+    assert summary["backend"] == "lora_copy" and summary["status"] == "finished" and summary["export_check"]["ok"]

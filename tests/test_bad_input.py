@@ -143,7 +143,7 @@ def test_lora_targets_matching_nothing_after_skip_bad(files, tiny_model_path):
 
 
 def test_oom_message_says_what_to_do():
-    from common.callbacks import oom_message
+    from common.training.callbacks import oom_message
     from common.config import TrainConfig
 
     msg = oom_message(TrainConfig(bs=8, accum=2, max_duration=30.0, precision="fp16", exp_dir="exp/run1"))
@@ -157,9 +157,10 @@ def test_44k_stereo_is_resampled_and_downmixed_end_to_end(tmp_path, tiny_model):
     """A 44.1 kHz stereo file goes through validation, the cut cache and the loader as 16 kHz mono, and trains."""
     import torch
 
-    from common.data import LoaderSettings, build_cuts, make_loader
-    from common.manifest import load_manifest
-    from common.module import compute_loss
+    from common.data.cuts import build_cuts
+    from common.data.loader import LoaderSettings, make_loader
+    from common.data.manifest import load_manifest
+    from common.model.steps import compute_loss
 
     mono = wav(tmp_path / "mono16k.wav", 1.5)
     stereo = wav(tmp_path / "stereo44k.wav", 1.5, sr=44100, channels=2)  # right channel = half the left

@@ -39,8 +39,8 @@ def positive(value) -> bool:
 
 # ---- the harness, without a model ---------------------------------------------------------------------------
 def test_synthetic_set_fixed_length(tmp_path):
-    from common.bench import synthetic_set
-    from common.manifest import load_manifest
+    from common.bench.synthetic import synthetic_set
+    from common.data.manifest import load_manifest
 
     s = synthetic_set(tmp_path / "fixed", 4, 3.0, seed=1)
     assert s.label == "3s" and s.durations == (3.0,) * 4
@@ -58,7 +58,7 @@ def test_synthetic_set_fixed_length(tmp_path):
 
 
 def test_synthetic_set_mixed_lengths_and_regeneration(tmp_path):
-    from common.bench import synthetic_set
+    from common.bench.synthetic import synthetic_set
 
     s = synthetic_set(tmp_path / "mixed", 12, (1.0, 5.0), seed=2)
     assert s.label == "1-5s" and all(1.0 <= d <= 5.0 for d in s.durations) and len(set(s.durations)) > 1
@@ -73,7 +73,7 @@ def _row(bs, accum=1, status="ok", rate=1.0, peak=1.0, mode="linear", step=1.0, 
 
 
 def test_ladder_stops_at_first_failure_and_when_flat():
-    from common.bench import ladder
+    from common.bench.search import ladder
 
     rates = {2: 10.0, 3: 14.0, 4: 16.0, 6: 16.1, 8: 30.0}
     rows, best = ladder(lambda bs, accum: _row(bs, accum, rate=rates[bs]))
@@ -86,7 +86,7 @@ def test_ladder_stops_at_first_failure_and_when_flat():
 
 
 def test_largest_batch_steps_up_then_down():
-    from common.bench import largest_batch
+    from common.bench.search import largest_batch
 
     up, best = largest_batch(lambda bs: _row(bs, peak=bs / 1.2), 40, 8, peak_limit_gb=46.0)
     assert [r["bs"] for r in up] == [40, 48, 56] and best["bs"] == 48  # 56 peaks at 46.7 GB
@@ -97,7 +97,8 @@ def test_largest_batch_steps_up_then_down():
 
 
 def test_forward_ratio_and_tables(tmp_path):
-    from common.bench import Report, add_forward_ratios, write_table
+    from common.bench.measure import add_forward_ratios
+    from common.bench.tables import Report, write_table
 
     rows = [_row(8, step=0.3), _row(8, mode="forward", step=0.1), _row(8, accum=2, step=0.8),
             _row(32, step=0.4), _row(8, step=0.3, set_="20s")]
@@ -198,7 +199,7 @@ def test_bench_profile_writes_host_times_per_action_and_a_kernel_summary(tmp_pat
 
 
 def test_kernel_kinds_follow_the_library_names():
-    from common.bench import kernel_kind
+    from common.bench.profile import kernel_kind
 
     assert kernel_kind("nvjet_sm90_tst_128x192_64x5_2x1_v_bz_coopB_NNN") == "matmul"
     assert kernel_kind("cutlass_80_tensorop_bf16_s16816gemm_bf16_256x128_64x3_nt_align2") == "matmul, unaligned"
@@ -270,13 +271,13 @@ def test_gpu_suite_structure_on_tiny(tmp_path):
 
 
 def test_bench_config_names_every_bad_field():
-    from common.bench import BenchConfig
+    from common.bench.measure import BenchConfig
     from common.errors import UserError
 
     with pytest.raises(UserError) as err:
         BenchConfig("forward", 0, compile=True, base_dtype="fp16")
     text = str(err.value)
-    assert "bs must be >= 1, got 0" in text
-    assert "base_dtype must be one of auto, fp32, bf16, got 'fp16'" in text
+    assert "--bs must be > 0, got 0" in text  # checked where every training command line is checked
+    assert "--base_dtype 'fp16' is not one of auto, fp32, bf16" in text
     assert "compile applies to training steps only" in text
     assert BenchConfig("linear", 8, compile=True, base_dtype="fp32").label == "linear bs8 compile fp32-base"

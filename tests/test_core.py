@@ -94,7 +94,7 @@ def test_tied_head_is_never_wrapped_even_when_asked(tiny_model):
 
 def test_zero_matches_is_an_error_listing_names(tiny_model):
     from backends import registry
-    from common.train import adapt
+    from common.model.adapt import adapt
 
     with pytest.raises(UserError) as e:
         adapt(tiny_model, registry.get("linear"), registry.AdapterSpec(targets=(r"linear_qkv",)), debug_linear=0)
@@ -104,7 +104,7 @@ def test_zero_matches_is_an_error_listing_names(tiny_model):
 def test_merged_equals_unmerged_with_nonzero_b(tiny_model, demo):
     from backends import registry
     from backends.linear.layer import LoRALinear
-    from common.export import fixed_batch, log_probs
+    from common.model.steps import fixed_batch, log_probs
     from tests.helpers import val_loader
 
     backend = registry.get("linear")
@@ -127,8 +127,8 @@ def test_merged_equals_unmerged_with_nonzero_b(tiny_model, demo):
 
 # ---- data ---------------------------------------------------------------------------------------------------
 def test_cut_cache_is_reused_and_rebuilt_when_the_manifest_changes(tmp_path, demo):
-    from common.data import build_cuts
-    from common.manifest import load_manifest
+    from common.data.cuts import build_cuts
+    from common.data.manifest import load_manifest
 
     manifest = tmp_path / "m.jsonl"
     lines = demo.adapt_val.read_text(encoding="utf-8").splitlines()[:6]
@@ -156,8 +156,9 @@ def test_batches_for_pinning_come_out_as_the_models_batches(tmp_path, tiny_model
 
     from torch.utils.data._utils.pin_memory import pin_memory
 
-    from common.data import LoaderSettings, _PinnableBatches, build_cuts, make_loader
-    from common.manifest import load_manifest
+    from common.data.cuts import build_cuts
+    from common.data.loader import LoaderSettings, _PinnableBatches, make_loader
+    from common.data.manifest import load_manifest
 
     cuts, _ = build_cuts(load_manifest(demo.adapt_val), tmp_path / "data", tiny_model.prompt_format)
     plain = next(iter(make_loader(cuts, tiny_model.tokenizer, tiny_model.prompt, LoaderSettings(batch_size=3),
@@ -177,7 +178,7 @@ def test_batches_for_pinning_come_out_as_the_models_batches(tmp_path, tiny_model
 
 
 def test_missing_fields_default_as_before(tmp_path, demo):
-    from common.manifest import load_manifest
+    from common.data.manifest import load_manifest
 
     entry = json.loads(demo.adapt_val.read_text(encoding="utf-8").splitlines()[0])
     bare = {"audio_filepath": entry["audio_filepath"], "text": entry["text"]}
@@ -189,8 +190,8 @@ def test_missing_fields_default_as_before(tmp_path, demo):
 
 # ---- languages ----------------------------------------------------------------------------------------------
 def test_language_missing_from_the_checkpoint_names_the_ones_it_has(embedded, tmp_path):
-    from common.embedded import ensure_random_tiny
-    from common.preflight import check_languages, inspect_nemo
+    from common.embedded.default import ensure_random_tiny
+    from common.model.archive import check_languages, inspect_nemo
 
     agg = ensure_random_tiny(embedded.random_nemo.parent, ["hello world", "guten tag", "hola", "bonjour"] * 30,
                              preset="tiny-agg")
@@ -206,9 +207,9 @@ def test_language_missing_from_the_checkpoint_names_the_ones_it_has(embedded, tm
 
 # ---- a real run through the CLI -------------------------------------------------------------------------------
 def test_full_run_trains_only_lora_freezes_batchnorm_and_exports_base_keys(tmp_path, embedded, capsys):
-    from common.model_io import restore
-    from common.preflight import inspect_nemo
-    from common.train import run
+    from common.model.io import restore
+    from common.model.archive import inspect_nemo
+    from common.training.run import run
 
     cfg = parse_args([
         "--nemo", str(embedded.random_nemo), "--train", str(embedded.data.adapt_train),
@@ -244,9 +245,9 @@ def test_full_run_trains_only_lora_freezes_batchnorm_and_exports_base_keys(tmp_p
 def test_bf16_base_trains_and_exports_into_the_original_fp32_weights(tmp_path, embedded, capsys):
     """--base_dtype bf16 holds frozen Linear/Conv1d weights in bf16 while training; the export must still merge
     into the user's exact fp32 weights (not their bf16 rounding), and leave every other weight bit-identical."""
-    from common.model_io import restore
-    from common.preflight import inspect_nemo
-    from common.train import run
+    from common.model.io import restore
+    from common.model.archive import inspect_nemo
+    from common.training.run import run
 
     cfg = parse_args([
         "--nemo", str(embedded.random_nemo), "--train", str(embedded.data.adapt_train),
@@ -275,8 +276,8 @@ def test_bf16_base_trains_and_exports_into_the_original_fp32_weights(tmp_path, e
 def test_deferred_metrics_reads_keep_one_record_per_step_in_order(tmp_path, embedded, capsys, monkeypatch):
     """On a GPU the metrics are read every 10 steps, not every step; the records, MEM lines and the order
     around validation must be exactly those of per-step reads. Forced here on the CPU with a period of 4."""
-    from common.callbacks import MetricsCallback
-    from common.train import run
+    from common.training.callbacks import MetricsCallback
+    from common.training.run import run
 
     start = MetricsCallback.on_train_start
 

@@ -10,16 +10,9 @@ import numpy as np
 import pytest
 import soundfile as sf
 
-from common import demo_data
-from common.demo_data import (
-    ENGLISH_SENTENCES,
-    DemoSet,
-    DemoSpec,
-    build_demo_set,
-    generate_sentences,
-    split_texts,
-    tokenizer_corpus,
-)
+from common.embedded import speech as demo_data
+from common.embedded.sentences import ENGLISH_SENTENCES, generate_sentences
+from common.embedded.speech import DemoSet, DemoSpec, build_demo_set, split_texts, tokenizer_corpus
 from common.errors import UserError
 
 needs_espeak = pytest.mark.skipif(shutil.which("espeak-ng") is None, reason="espeak-ng is not installed")
@@ -224,8 +217,7 @@ def test_unknown_variant_is_a_user_error(tmp_path: Path) -> None:
 
 
 @needs_espeak
-def test_main_prints_stats(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
-    assert demo_data.main(["--out", str(tmp_path), "--n_sentences", "5"]) == 0
-    printed = json.loads(capsys.readouterr().out)
-    assert printed["manifests"]["base_val"]["clips"] == 1
-    assert printed["total_clips"] == 4 + 1 + 4 + 1
+def test_stats_count_every_clip(tmp_path: Path) -> None:
+    stats = build_demo_set(tmp_path, DemoSpec(n_sentences=5, val_sentences=1)).stats
+    assert stats["manifests"]["base_val"]["clips"] == 1
+    assert stats["total_clips"] == 4 + 1 + 4 + 1

@@ -9,8 +9,8 @@ from pathlib import Path
 import jiwer
 import pytest
 
-from common.evaluate import differences, score, score_both
-from common.metrics import normalize
+from common.quality.scoring import differences, score, score_both
+from common.quality.metrics import normalize
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -154,9 +154,9 @@ def test_eval_markdown_leads_with_the_chosen_normalization(eval_run) -> None:
 
 def test_beam_search_option(fast_tiny_path, few_clips, tmp_path) -> None:
     """`--beam N` goes through change_decoding_strategy; transcripts still come out, one per clip."""
-    from common import data
-    from common.evaluate import set_decoding, transcribe
-    from common.manifest import load_manifest
+    from common.data.loader import LoaderSettings, manifest_loader
+    from common.data.manifest import load_manifest
+    from common.quality.evaluate import set_decoding, transcribe
     from tests.conftest import restore_tiny
 
     model = restore_tiny(fast_tiny_path)
@@ -164,8 +164,7 @@ def test_beam_search_option(fast_tiny_path, few_clips, tmp_path) -> None:
     assert set_decoding(model, 3) == "beam search, beam 3"
     assert model.decoding.decoding.beam_search.beam_size == 3
     manifest = load_manifest(few_clips)
-    cuts, _ = data.build_cuts(manifest, tmp_path, "canary2")
-    loader = data.make_loader(cuts, model.tokenizer, model.prompt, data.LoaderSettings(batch_size=2), train=False)
+    loader = manifest_loader(manifest, model, LoaderSettings(batch_size=2), data_dir=tmp_path).loader
     rows = transcribe(model, loader, total=4, desc="beam")
     assert [r["ref"] for r in rows] == [e.text for e in manifest.entries]
 
@@ -179,7 +178,7 @@ def test_bad_input_fails_before_nemo_loads(fast_tiny_path, few_clips, tmp_path, 
     code = (
         "import sys; sys.path.insert(0, sys.argv[1])\n"
         "from common.errors import UserError\n"
-        "from common.evaluate import main\n"
+        "from recipes.eval import main\n"
         "for manifest in sys.argv[3:]:\n"
         "    try:\n"
         "        main(['--nemo', sys.argv[2], '--manifest', manifest, '--out', sys.argv[-1] + '.out'])\n"

@@ -64,7 +64,7 @@ def test_verify_fails_when_the_export_differs_from_training(finished, demo, tmp_
 
 # ---- in-process: broken archives, the wrong base, defaults ------------------------------------------------
 def test_an_export_with_lora_keys_left_fails(finished, demo, tmp_path):
-    from common.verify import verify_export
+    from common.quality.verify import verify_export
     from tests.conftest import rewrite_nemo
 
     def add_lora(state):
@@ -79,7 +79,7 @@ def test_an_export_with_lora_keys_left_fails(finished, demo, tmp_path):
 
 
 def test_a_truncated_export_fails(finished, tmp_path):
-    from common.verify import verify_export
+    from common.quality.verify import verify_export
 
     data = (finished / "out.nemo").read_bytes()
     cut = tmp_path / "cut.nemo"
@@ -91,14 +91,14 @@ def test_a_truncated_export_fails(finished, tmp_path):
 
 def test_the_wrong_base_is_refused(finished, demo, tiny_model_path):
     from common.errors import UserError
-    from common.verify import verify_export
+    from common.quality.verify import verify_export
 
     with pytest.raises(UserError, match="is not the .nemo the run was trained from"):
         verify_export(finished / "out.nemo", against=finished, base=tiny_model_path, manifest=demo.adapt_val)
 
 
 def test_training_state_sources(finished, tmp_path):
-    from common.verify import load_trained_state
+    from common.quality.verify import load_trained_state
 
     from_dir = load_trained_state(finished)
     assert from_dir.source.name == "adapters.safetensors" and from_dir.backend == "linear" and from_dir.step == 4
@@ -130,7 +130,7 @@ def test_no_arguments_without_the_demo_export_says_what_to_do(monkeypatch, tmp_p
 def test_verify_other_backends(backend, fast_tiny_path, demo, tmp_path):
     """PEFT names its checkpoint parameters `lora_A.default.weight`, NeMo adapters stay in the export (enabled),
     full fine-tuning has no adapters: checked against both the checkpoint and the run directory."""
-    from common.verify import verify_export
+    from common.quality.verify import verify_export
 
     exp = tmp_path / "exp"
     flags = {"full_finetune": True} if backend == "full" else {"backend": backend}

@@ -167,8 +167,8 @@ def test_nonfinite_loss_stops_keeps_the_last_good_checkpoint_and_exports_nothing
 
 def test_a_checkpoint_with_nonfinite_weights_is_never_written(tiny_model):
     from backends import registry
-    from common.module import CanaryFinetune, OptimSettings
-    from common.train import NonFiniteLoss
+    from common.training.module import CanaryFinetune, OptimSettings
+    from common.errors import NonFiniteLoss
 
     backend = registry.get("linear")
     backend.apply(tiny_model, registry.AdapterSpec())
@@ -182,12 +182,12 @@ def test_a_checkpoint_with_nonfinite_weights_is_never_written(tiny_model):
 
 def test_sigkill_while_writing_the_cut_cache_leaves_no_cache_file(demo, tmp_path):
     """A cache file only ever appears complete: after a kill the next run finds none and rebuilds it."""
-    from common.data import build_cuts
-    from common.manifest import load_manifest
+    from common.data.cuts import build_cuts
+    from common.data.manifest import load_manifest
 
     script = tmp_path / "build.py"
     script.write_text("import sys\nfrom pathlib import Path\nsys.path.insert(0, sys.argv[3])\n"
-                      "from common.data import build_cuts\nfrom common.manifest import load_manifest\n"
+                      "from common.data.cuts import build_cuts\nfrom common.data.manifest import load_manifest\n"
                       "build_cuts(load_manifest(sys.argv[1]), Path(sys.argv[2]), 'canary2')\n", encoding="utf-8")
     cuts = tmp_path / "cuts"
     proc = Proc([str(demo.adapt_val), str(cuts), str(REPO)], script=script, CANARY_LORA_WRITE_DELAY_S="30")

@@ -1,4 +1,4 @@
-"""Tests for common.manifest: one test per validation rule, skip_bad, notes, imports, and a fuzz property."""
+"""Tests for common.data.manifest: one test per validation rule, skip_bad, notes, imports, and a fuzz property."""
 from __future__ import annotations
 
 import json
@@ -18,14 +18,9 @@ from hypothesis import HealthCheck, event, given, settings
 from hypothesis import strategies as st
 
 from common.errors import UserError
-from common.manifest import (
-    DEFAULTS,
-    ManifestEntry,
-    ManifestReport,
-    check_file_exists,
-    check_writable_dir,
-    load_manifest,
-)
+from common.data.entries import ManifestEntry, ManifestReport
+from common.data.manifest import DEFAULTS, check_file_exists, load_manifest
+from common.rundir import check_writable_dir
 
 REPO = Path(__file__).resolve().parents[1]
 IS_ROOT = hasattr(os, "geteuid") and os.geteuid() == 0
@@ -109,7 +104,7 @@ def test_unreadable_manifest(tmp_path: Path, clip: Path) -> None:
 
 def test_unreadable_manifest_simulated(tmp_path: Path, clip: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     """The same path as above, reachable when tests run as root."""
-    import common.manifest as manifest_module
+    import common.data.manifest as manifest_module
 
     def denied(*args: Any, **kwargs: Any) -> Any:
         raise PermissionError(13, "Permission denied")
@@ -529,12 +524,12 @@ def test_check_writable_dir_read_only(tmp_path: Path) -> None:
 
 def test_check_writable_dir_write_fails(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     """Simulates a read-only directory, which root could write to anyway."""
-    import common.manifest as manifest_module
+    import common.rundir as rundir_module
 
     def denied(*args: Any, **kwargs: Any) -> Any:
         raise PermissionError(13, "Permission denied")
 
-    monkeypatch.setattr(manifest_module.tempfile, "mkstemp", denied)
+    monkeypatch.setattr(rundir_module.tempfile, "mkstemp", denied)
     msg = error_of(lambda: check_writable_dir(tmp_path / "exp", "--exp_dir"))
     assert f"--exp_dir {tmp_path / 'exp'} is not writable (Permission denied)" in msg
 
@@ -553,14 +548,14 @@ HEAVY = "{'torch', 'nemo', 'lightning', 'pytorch_lightning', 'lhotse'}"
 
 
 def test_import_is_light() -> None:
-    code = f"import common.manifest, sys; assert not any(m.split('.')[0] in {HEAVY} for m in sys.modules)"
+    code = f"import common.data.manifest, sys; assert not any(m.split('.')[0] in {HEAVY} for m in sys.modules)"
     subprocess.run([sys.executable, "-c", code], cwd=REPO, check=True, env={**os.environ, "PYTHONPATH": str(REPO)})
 
 
 def test_loading_is_light(tmp_path: Path, clip: Path) -> None:
     m = write_manifest(tmp_path / "m.jsonl", [entry(clip)])
     code = (
-        "import sys; from common.manifest import load_manifest; "
+        "import sys; from common.data.manifest import load_manifest; "
         f"assert len(load_manifest({str(m)!r}).entries) == 1; "
         f"heavy = sorted(m for m in sys.modules if m.split('.')[0] in {HEAVY}); assert not heavy, heavy"
     )

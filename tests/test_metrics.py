@@ -1,4 +1,4 @@
-"""Tests for common.metrics: hand-computed cases, an independent edit distance, jiwer, and normalization."""
+"""Tests for common.quality.metrics: hand-computed cases, an independent edit distance, jiwer, and normalization."""
 from __future__ import annotations
 
 import functools
@@ -10,18 +10,7 @@ from pathlib import Path
 
 import pytest
 
-from common.metrics import (
-    NORMALIZATIONS,
-    Counts,
-    ErrorRate,
-    align_counts,
-    cer,
-    normalize,
-    per_language,
-    tokenize,
-    utterance_errors,
-    wer,
-)
+from common.quality.metrics import NORMALIZATIONS, Counts, ErrorRate, align_counts, cer, normalize, per_language, tokenize, utterance_errors, wer
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -286,6 +275,6 @@ def test_speed_thousands_of_utterances() -> None:
 
 
 def test_import_is_light() -> None:
-    code = "import sys, common.metrics; print(sorted(m for m in ('torch', 'nemo', 'numpy') if m in sys.modules))"
+    code = "import sys, common.quality.metrics; print(sorted(m for m in ('torch', 'nemo', 'numpy') if m in sys.modules))"
     out = subprocess.run([sys.executable, "-c", code], cwd=REPO, capture_output=True, text=True, check=True)
     assert out.stdout.strip() == "[]"

@@ -1,4 +1,4 @@
-"""Tests for common.plots: reading an append-only metrics.jsonl and writing readable PNGs."""
+"""Tests for common.quality.plots: reading an append-only metrics.jsonl and writing readable PNGs."""
 from __future__ import annotations
 
 import json
@@ -10,7 +10,7 @@ from pathlib import Path
 import pytest
 
 from common.errors import UserError
-from common.plots import ema, plot_bars, plot_loss_lr, plot_memory, read_metrics, series
+from common.quality.plots import ema, plot_bars, plot_loss_lr, plot_memory, read_metrics, series
 
 REPO = Path(__file__).resolve().parents[1]
 PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
@@ -158,6 +158,6 @@ def test_plot_bars_length_mismatch(tmp_path: Path) -> None:
 
 
 def test_import_is_light() -> None:
-    code = "import sys, common.plots; print('matplotlib' in sys.modules)"
+    code = "import sys, common.quality.plots; print('matplotlib' in sys.modules)"
     out = subprocess.run([sys.executable, "-c", code], cwd=REPO, capture_output=True, text=True, check=True)
     assert out.stdout.strip() == "False"

@@ -6,12 +6,12 @@ from __future__ import annotations
 import json
 import math
 import re
-import sys
 from pathlib import Path
 
 import pytest
 
-from common.evaluate import regression_check, relative_change
+from common.fmt import relative_change
+from common.quality.scoring import regression_check
 
 REPO = Path(__file__).resolve().parents[1]
 PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
@@ -57,7 +57,7 @@ def short_run(fast_tiny_path, demo, tmp_path_factory):
     With --regression_threshold -1 (a relative change of -100 %), any WER above zero after training is flagged.
     """
     from common.config import TrainConfig, validate
-    from common.train import run
+    from common.training.run import run
 
     tmp = tmp_path_factory.mktemp("report")
     cfg = validate(TrainConfig(
@@ -97,7 +97,7 @@ def test_report_before_after_figures(short_run) -> None:
     # training moved the loss (10 steps at lr 2e-3 on 16 clips)
     assert summary["after"]["val_loss"] != summary["before"]["val_loss"]
     # the transcripts behind the figures: WER recomputed from them equals the reported one
-    from common.metrics import wer
+    from common.quality.metrics import wer
 
     pairs = json.loads((root / "transcripts.json").read_text(encoding="utf-8"))["val"]
     assert len(pairs) == 8
@@ -152,8 +152,8 @@ def test_report_regression_section_and_warning(short_run, capsys) -> None:
 
 def test_warning_line_printed_last(fast_tiny_path, demo, tmp_path, capfd) -> None:
     """The run's output ends with the report path and the WARNING line (the report is written last)."""
-    from common.report import write_report
-    from common.train import RunResult
+    from common.quality.report import write_report
+    from common.training.run import RunResult
 
     from common.config import TrainConfig
 
@@ -189,8 +189,8 @@ def test_warning_line_printed_last(fast_tiny_path, demo, tmp_path, capfd) -> Non
 def test_report_for_a_run_that_stopped(fast_tiny_path, demo, tmp_path, capfd) -> None:
     """A non-finite loss ends the run early: the report still comes out and says what is missing."""
     from common.config import TrainConfig
-    from common.report import write_report
-    from common.train import RunResult
+    from common.quality.report import write_report
+    from common.training.run import RunResult
 
     cfg = TrainConfig(nemo=str(fast_tiny_path), train=str(demo.adapt_train), val=str(demo.adapt_val),
                       regression_manifest=str(demo.base_val))
@@ -212,8 +212,7 @@ def test_report_for_a_run_that_stopped(fast_tiny_path, demo, tmp_path, capfd) ->
 def test_demo_report_shows_wer_dropping(tmp_path) -> None:
     """`just demo` end to end: about a minute on 2 cores once the pretrained base is cached in .cache/, plus
     about 8 minutes the first time (a fresh CI machine) to pretrain it."""
-    sys.path.insert(0, str(REPO / "recipes"))
-    import demo as demo_recipe
+    from recipes import demo as demo_recipe
 
     rc = demo_recipe.main(["--exp_dir", str(tmp_path / "demo"), "--export_nemo", str(tmp_path / "demo.nemo")])
     assert rc == 0

@@ -126,7 +126,7 @@ class _FakeLhotseSampler:
 
 
 def test_sampler_skip_belongs_to_the_epoch_not_to_one_iterator():
-    from common.data import ResumableSampler
+    from common.data.loader import ResumableSampler
 
     s = ResumableSampler(_FakeLhotseSampler(3))
     s.resume_at(epoch=2, batches=2)
@@ -141,7 +141,7 @@ def test_sampler_skip_belongs_to_the_epoch_not_to_one_iterator():
 
 
 def test_midepoch_checkpoint_counts_the_saving_batch_as_done():
-    from common.checkpoints import fix_midepoch_progress, resume_position
+    from common.training.checkpoints import fix_midepoch_progress, resume_position
 
     bp = {"total": {"ready": 9, "started": 9, "processed": 9, "completed": 8},
           "current": {"ready": 3, "started": 3, "processed": 3, "completed": 2}}
@@ -152,7 +152,7 @@ def test_midepoch_checkpoint_counts_the_saving_batch_as_done():
 
 
 def test_find_resume_picks_the_newest_step(tmp_path):
-    from common.checkpoints import find_resume
+    from common.checkpoint_files import find_resume
     from common.errors import UserError
 
     assert find_resume("auto", tmp_path) is None

@@ -8,7 +8,7 @@ from pathlib import Path
 import pytest
 
 from common.errors import UserError
-from common.launch import A6000_DEFAULTS, resolve_argv
+from recipes.runpod_train import A6000_DEFAULTS, resolve_argv
 
 REPO = Path(__file__).resolve().parents[1]
 SCRIPT = REPO / "recipes" / "runpod_finetune_canary.sh"
@@ -63,7 +63,7 @@ def test_without_a_gpu_it_says_so_and_trains_the_tiny_default(tmp_path):
 
 def _compile_run(tmp_path, embedded, name: str):
     from common.config import parse_args
-    from common.train import run
+    from common.training.run import run
 
     return run(parse_args([
         "--nemo", str(embedded.random_nemo), "--train", str(embedded.data.adapt_train),

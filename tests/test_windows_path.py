@@ -12,7 +12,8 @@ from pathlib import Path
 
 import pytest
 
-from common.import_guard import BLOCKED, block, is_linear_path
+from common.config import build_parser, config_from
+from common.import_guard import BLOCKED, block, is_portable_path
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -85,7 +86,7 @@ def test_an_installed_but_broken_package_is_never_executed(tmp_path):
     assert not (tmp_path / "apex.ran").exists() and not (tmp_path / "triton.ran").exists()
 
 
-@pytest.mark.parametrize("argv, linear", [
+@pytest.mark.parametrize("argv, portable", [
     ([], True),
     (["--backend", "linear", "--bs", "4"], True),
     (["--full_finetune"], True),
@@ -93,8 +94,8 @@ def test_an_installed_but_broken_package_is_never_executed(tmp_path):
     (["--backend", "peft"], False),
     (["--backend=nemo"], False),
 ])
-def test_the_guard_applies_to_the_linear_path_only(argv, linear):
-    assert is_linear_path(argv) is linear
+def test_the_guard_applies_to_portable_backends_only(argv, portable):
+    assert is_portable_path(config_from(build_parser().parse_args(argv))) is portable
 
 
 def test_block_leaves_an_already_imported_module_alone():

@@ -6,8 +6,10 @@ from typing import Any
 import torch
 from torch import nn
 
-from backends.linear.layer import LoRALinear
 from backends.registry import AdapterSpec, Applied, copy_adapter_state, match_targets, set_submodule
+
+from .config import Config
+from .layer import LoRALinear
 
 
 def _lora_layers(model: nn.Module) -> list[tuple[str, LoRALinear]]:
@@ -15,14 +17,15 @@ def _lora_layers(model: nn.Module) -> list[tuple[str, LoRALinear]]:
 
 
 class LinearBackend:
-    name = "linear"
+    name = ""  # the registry sets it
     mergeable = True
 
     def apply(self, model: nn.Module, spec: AdapterSpec) -> Applied:
+        config = Config.from_spec(spec)
         names, notes = match_targets(model, spec.targets)
         for name in names:
             base = model.get_submodule(name)
-            set_submodule(model, name, LoRALinear(base, spec.r, spec.alpha, spec.dropout))
+            set_submodule(model, name, LoRALinear(base, config.r, config.alpha, config.dropout))
         return Applied(modules=names, notes=notes)
 
     def trainable_parameters(self, model: nn.Module) -> list[tuple[str, nn.Parameter]]:
@@ -53,10 +56,12 @@ class LinearBackend:
 
     def describe(self, model: nn.Module) -> dict[str, Any]:
         layers = _lora_layers(model)
+        first = layers[0][1] if layers else None
         return {
-            "backend": self.name,
+            "method": "LoRA, hand-rolled (plain PyTorch nn.Linear wrappers)",
             "adapted_modules": len(layers),
             "trainable_params": sum(p.numel() for _, p in self.trainable_parameters(model)),
-            "rank": layers[0][1].r if layers else None,
-            "scaling": layers[0][1].scaling if layers else None,
+            "settings": {"rank": first.r if first else None, "scaling": first.scaling if first else None},
+            "mergeable": self.mergeable,
+            "export": "merged into the base weights: the .nemo has exactly the base model's keys",
         }

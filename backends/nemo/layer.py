@@ -12,8 +12,6 @@ from nemo.collections.common.parts.adapter_modules import LinearAdapterConfig
 from omegaconf import DictConfig, OmegaConf
 from torch import nn
 
-from backends.registry import AdapterSpec
-
 # NeMo's save/load_adapters match names by substring: neither name is part of the other, and neither contains
 # "lora_" (the export check reads such keys as unmerged LoRA).
 ENCODER_ADAPTER = "canary_enc"
@@ -27,8 +25,8 @@ _DECODER_DEFAULTS = {"max_sequence_length": 512, "num_token_types": 2, "embeddin
 _DECODER_REQUIRED = ("hidden_size", "num_layers", "inner_size", "num_attention_heads")
 
 
-def adapter_config(in_features: int, spec: AdapterSpec) -> LinearAdapterConfig:
-    return LinearAdapterConfig(in_features=in_features, dim=spec.adapter_dim, dropout=spec.dropout)
+def adapter_config(in_features: int, config) -> LinearAdapterConfig:
+    return LinearAdapterConfig(in_features=in_features, dim=config.dim, dropout=config.dropout)
 
 
 def location_width(model: nn.Module, location: str) -> int:

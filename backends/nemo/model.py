@@ -14,26 +14,29 @@ from nemo.core.classes.mixins.adapter_mixins import AdapterModuleMixin
 from omegaconf import open_dict
 from torch import nn
 
-from backends.nemo.layer import (LOCATIONS, adapter_config, adapter_modules, class_path, decoder_cfg,
-                                 is_adapter_param, location_width)
 from backends.registry import DEFAULT_TARGETS, AdapterSpec, Applied, copy_adapter_state
+
+from .config import Config
+from .layer import (LOCATIONS, adapter_config, adapter_modules, class_path, decoder_cfg, is_adapter_param,
+                    location_width)
 
 
 class NemoAdapterBackend:
-    name = "nemo"
+    name = ""  # the registry sets it
     mergeable = False
 
     def apply(self, model: nn.Module, spec: AdapterSpec) -> Applied:
+        config = Config.from_spec(spec)
         # swaps the encoder and decoder for their adapter-capable subclasses, in place (same weights, same keys)
         model.replace_adapter_compatible_modules(update_config=True, verbose=False)
         for location, adapter in LOCATIONS:
-            model.add_adapter(f"{location}:{adapter}", adapter_config(location_width(model, location), spec))
+            model.add_adapter(f"{location}:{adapter}", adapter_config(location_width(model, location), config))
         model.set_enabled_adapters(enabled=True)
         for _, p in self.trainable_parameters(model):
             p.requires_grad_(True)
         modules = [n for n, _ in adapter_modules(model)]
         layers = {loc: sum(n.startswith(f"{loc}.") for n in modules) for loc, _ in LOCATIONS}
-        notes = [f"NeMo LinearAdapter (dim {spec.adapter_dim}) after each of {layers['encoder']} encoder and "
+        notes = [f"NeMo LinearAdapter (dim {config.dim}) after each of {layers['encoder']} encoder and "
                  f"{layers['transf_decoder']} decoder layers; --lora_targets, --lora_r and --lora_alpha do not "
                  f"apply to this backend",
                  "NeMo adapters cannot be merged into the weights: the exported .nemo keeps them (enabled)"]
@@ -71,12 +74,11 @@ class NemoAdapterBackend:
         modules = adapter_modules(model)
         first = modules[0][1] if modules else None
         return {
-            "backend": self.name,
-            "adapter": "NeMo LinearAdapter (LayerNorm, down, swish, up; residual)",
+            "method": "NeMo LinearAdapter (LayerNorm, down, swish, up; residual), not LoRA",
             "adapted_modules": len(modules),
             "trainable_params": sum(p.numel() for _, p in self.trainable_parameters(model)),
-            "adapter_dim": first.module[1].out_features if first is not None else None,
-            "mergeable": False,
-            "export": "keeps the adapters (enabled); restores with EncDecMultiTaskModel.restore_from",
-            "note": "--lora_targets, --lora_r and --lora_alpha do not apply to NeMo adapters",
+            "settings": {"adapter_dim": first.module[1].out_features if first is not None else None},
+            "mergeable": self.mergeable,
+            "export": "keeps the adapters (enabled); restores with EncDecMultiTaskModel.restore_from. "
+                      "--lora_targets, --lora_r and --lora_alpha do not apply",
         }

@@ -1,4 +1,4 @@
 """LoRA through Hugging Face PEFT, injected in place into the NeMo model (the model stays a LightningModule)."""
 from backends.registry import register
 
-register("peft", "backends.peft.model:PeftBackend")
+register(__name__, factory="model:PeftBackend", method="lora")

@@ -8,25 +8,25 @@ from __future__ import annotations
 from typing import Any
 
 import torch
-from peft import LoraConfig, inject_adapter_in_model
+from peft import inject_adapter_in_model
 from peft.utils import get_peft_model_state_dict, set_peft_model_state_dict
 from torch import nn
 
-from backends.peft.layer import ADAPTER, delta_is_finite, is_lora_param, lora_layers, merge_layer, saved_name
 from backends.registry import AdapterSpec, Applied, check_adapter_keys, match_targets, set_submodule
+
+from .config import lora_config
+from .layer import ADAPTER, delta_is_finite, is_lora_param, lora_layers, merge_layer, saved_name
 
 
 class PeftBackend:
-    name = "peft"
+    name = ""  # the registry sets it
     mergeable = True
 
     def apply(self, model: nn.Module, spec: AdapterSpec) -> Applied:
         names, notes = match_targets(model, spec.targets)
         if not names:  # PEFT would raise its own error; the training core explains what matched nothing
             return Applied(modules=[], notes=notes)
-        config = LoraConfig(target_modules=names, r=spec.r, lora_alpha=spec.alpha, lora_dropout=spec.dropout,
-                            bias="none", init_lora_weights=True)
-        inject_adapter_in_model(config, model, adapter_name=ADAPTER)
+        inject_adapter_in_model(lora_config(spec, names), model, adapter_name=ADAPTER)
         wrapped = [n for n, _ in lora_layers(model)]
         if wrapped != names:  # PEFT matches by suffix: make sure it wrapped exactly what was asked, nothing more
             extra, missing = sorted(set(wrapped) - set(names)), sorted(set(names) - set(wrapped))
@@ -74,9 +74,11 @@ class PeftBackend:
         layers = lora_layers(model)
         first = layers[0][1] if layers else None
         return {
-            "backend": self.name,
+            "method": "LoRA, Hugging Face PEFT (inject_adapter_in_model, in place)",
             "adapted_modules": len(layers),
             "trainable_params": sum(p.numel() for _, p in self.trainable_parameters(model)),
-            "rank": first.r[ADAPTER] if first else None,
-            "scaling": first.scaling[ADAPTER] if first else None,
+            "settings": {"rank": first.r[ADAPTER] if first else None,
+                         "scaling": first.scaling[ADAPTER] if first else None},
+            "mergeable": self.mergeable,
+            "export": "merged with PEFT's per-layer merge(); wrappers replaced by their base layers",
         }

@@ -10,18 +10,13 @@ that makes it changes (a stamp holds the settings it was made with).
 from __future__ import annotations
 
 import json
-import os
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
 from common.atomic import write_text
+from common.rundir import cache_dir
 
-REPO = Path(__file__).resolve().parents[1]
 _VERSION = 2
-
-
-def cache_dir() -> Path:
-    return Path(os.environ.get("CANARY_LORA_CACHE", REPO / ".cache"))
 
 
 @dataclass(frozen=True)
@@ -40,7 +35,7 @@ class BaseTraining:
 
 @dataclass(frozen=True)
 class Embedded:
-    data: object  # common.demo_data.DemoSet
+    data: object  # common.embedded.speech.DemoSet
     random_nemo: Path
     base_nemo: Path
 
@@ -60,8 +55,8 @@ def ensure_random_tiny(root: Path, corpus: list[str], preset: str = "tiny") -> P
                 "corpus_hash": hash_lines(corpus)}
     if out.exists() and _stamp_ok(stamp, settings):
         return out
-    from common.model_builder import build_model
-    from common.model_io import save_nemo
+    from common.embedded.model_builder import build_model
+    from common.model.io import save_nemo
 
     languages = ("en", "de", "es", "fr") if preset == "tiny-agg" else ("ru", "en")
     model = build_model(preset, corpus, root / f"build-{preset}", languages=languages)
@@ -85,7 +80,7 @@ def ensure_base(root: Path, data, random_nemo: Path, training: BaseTraining = Ba
     if out.exists() and _stamp_ok(stamp, settings):
         return out
     from common.config import TrainConfig, validate
-    from common.train import run
+    from common.training.run import run
 
     print(f"[embedded] pretraining the tiny base model on the base slice ({training.steps} steps, cached in {out})",
           flush=True)
@@ -105,7 +100,7 @@ def ensure_base(root: Path, data, random_nemo: Path, training: BaseTraining = Ba
 
 def ensure_embedded(*, pretrain: bool = True, training: BaseTraining = BaseTraining()) -> Embedded:
     """Everything the demo and the tests need: speech set, random tiny model and (optionally) the base."""
-    from common.demo_data import build_demo_set, tokenizer_corpus, DemoSpec
+    from common.embedded.speech import DemoSpec, build_demo_set, tokenizer_corpus
 
     root = cache_dir()
     spec = DemoSpec()

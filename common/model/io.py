@@ -7,7 +7,7 @@ from pathlib import Path
 import torch
 
 from common.atomic import atomic_path
-from common.preflight import NemoInfo
+from common.model.archive import NemoInfo
 
 
 def restore(path: str | Path, map_location: str | torch.device = "cpu", *, info: NemoInfo | None = None):

@@ -6,6 +6,7 @@ import math
 import torch
 from lightning.pytorch.callbacks import Callback
 
+from common.errors import NonFiniteLoss
 from common.telemetry import MetricsLog, allocated_gb, mem_line, memory_snapshot
 
 
@@ -85,7 +86,7 @@ class MetricsCallback(Callback):
 
     def on_validation_end(self, trainer, pl_module) -> None:
         # the passes every --val_every_n_steps during training; the before/after passes outside fit() are
-        # recorded by common.train.evaluate with their tag
+        # recorded by common.training.passes with their tag
         if trainer.state.fn != "fit" or trainer.sanity_checking or trainer.global_rank != 0:
             return
         last = getattr(pl_module, "last_val", {}) or {}
@@ -118,8 +119,6 @@ class MetricsCallback(Callback):
                 if self.mem_every and step % self.mem_every == 0:
                     print(mem_line(f"step{step}", memory_snapshot()), flush=True)
             if not math.isfinite(mean_loss):
-                from common.train import NonFiniteLoss
-
                 raise NonFiniteLoss(step, mean_loss)
         self.last_loss = mean_loss
 

@@ -16,6 +16,7 @@ import tempfile
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from backends import registry
 from common.errors import UserError
 
 TOLERANCE = 1e-4  # as the export's own check: merged vs unmerged differ by ~1e-6 in fp32
@@ -80,7 +81,7 @@ def load_trained_state(against: str | Path, nemo: Path | None = None) -> Trained
 
 
 def _pick_in_run_dir(run_dir: Path, nemo: Path | None) -> Path:
-    from common.checkpoints import find_resume
+    from common.checkpoint_files import find_resume
 
     ckpts = run_dir / "checkpoints"
     if nemo is not None and nemo.stem.endswith("-interrupt") and (ckpts / "interrupt.ckpt").is_file():
@@ -105,13 +106,13 @@ def _from_checkpoint(path: Path) -> TrainedState:
     if not meta or "state_dict" not in ckpt:
         raise UserError(f"--against {path}: not a checkpoint written by this tool (no 'canary_lora' record).")
     weights = {k.removeprefix("model."): v for k, v in ckpt["state_dict"].items()}
-    return TrainedState(source=path, backend=meta.get("backend", "linear"), spec=dict(meta.get("spec") or {}),
+    return TrainedState(source=path, backend=meta.get("backend", registry.DEFAULT), spec=dict(meta.get("spec") or {}),
                         weights=weights, layout="params", base_nemo=Path(meta["base_nemo"]) if meta.get("base_nemo") else None,
                         base_sha256=meta.get("base_sha256"), step=ckpt.get("global_step"))
 
 
 def _from_adapters(path: Path) -> TrainedState:
-    from common.checkpoints import load_adapters
+    from common.checkpoint_files import load_adapters
 
     try:
         weights, meta = load_adapters(path)
@@ -119,7 +120,7 @@ def _from_adapters(path: Path) -> TrainedState:
         raise UserError(f"--against {path}: cannot read it as a safetensors file ({type(e).__name__}: {e}).") from e
     spec = json.loads(meta["spec"]) if meta.get("spec") else {"r": int(meta.get("r", 8)),
                                                                "alpha": float(meta.get("alpha", 16.0))}
-    return TrainedState(source=path, backend=meta.get("backend", "linear"), spec=spec, weights=weights,
+    return TrainedState(source=path, backend=meta.get("backend", registry.DEFAULT), spec=spec, weights=weights,
                         layout="adapters", base_nemo=Path(meta["base_nemo"]) if meta.get("base_nemo") else None,
                         base_sha256=meta.get("base_sha256"),
                         step=int(meta["step"]) if meta.get("step", "").isdigit() else None)
@@ -132,9 +133,8 @@ def rebuild_unmerged(state: TrainedState, base: Path | None = None):
     """
     import torch
 
-    from backends import registry
-    from common import model_io
-    from common.preflight import inspect_nemo, sha256_file
+    from common.model import io as model_io
+    from common.model.archive import inspect_nemo, sha256_file
 
     base = Path(base) if base else state.base_nemo
     if base is None:
@@ -150,17 +150,14 @@ def rebuild_unmerged(state: TrainedState, base: Path | None = None):
     model = model_io.restore(base, info=info)
     model_io.freeze(model)
     base_keys = set(model.state_dict().keys())
-    if state.backend == "full":
+    if state.backend == registry.FULL:
         missing, unexpected = model.load_state_dict(state.weights, strict=False)
         if missing or unexpected:
             raise UserError(f"{state.source}: the full fine-tuning weights do not fit {base.name} ({len(missing)} "
                             f"missing, {len(unexpected)} unexpected keys, e.g. {(missing or unexpected)[:3]}).")
         return model, base_keys
     backend = registry.get(state.backend)
-    spec_fields = {k: v for k, v in state.spec.items() if k in registry.AdapterSpec.__dataclass_fields__}
-    if "targets" in spec_fields:
-        spec_fields["targets"] = tuple(spec_fields["targets"])
-    backend.apply(model, registry.AdapterSpec(**spec_fields))
+    backend.apply(model, registry.AdapterSpec.from_dict(state.spec))
     weights = {k: v.to(torch.float32) for k, v in state.weights.items()}
     try:
         if state.layout == "adapters":
@@ -180,23 +177,17 @@ def rebuild_unmerged(state: TrainedState, base: Path | None = None):
 # ---- data --------------------------------------------------------------------------------------------------
 def make_val_loader(model, manifest: Path, bs: int, max_utts: int | None, work_dir: Path):
     """An in-order loader over (the first `max_utts` clips of) a manifest, and how many clips it holds."""
-    from common import data
-    from common.manifest import load_manifest
+    from common.data.loader import LoaderSettings, manifest_loader
 
-    report = load_manifest(manifest, max_duration=None)
-    if max_utts:
-        report.entries = report.entries[:max_utts]
-    cuts_path, _ = data.build_cuts(report, work_dir, model.prompt_format)
-    loader = data.make_loader(cuts_path, model.tokenizer, model.prompt, data.LoaderSettings(batch_size=bs),
-                              train=False)
-    return loader, len(report.entries)
+    data = manifest_loader(manifest, model, LoaderSettings(batch_size=bs), data_dir=work_dir, limit=max_utts)
+    return data.loader, data.clips
 
 
 # ---- the checks ----------------------------------------------------------------------------------------------
 def verify_export(nemo: str | Path, *, against: str | Path | None = None, base: str | Path | None = None,
                   manifest: str | Path | None = None, bs: int = 4, max_utts: int | None = None,
                   tolerance: float = TOLERANCE, device: str = "cpu") -> VerifyReport:
-    from common.export import fixed_batch, log_probs
+    from common.model.steps import fixed_batch, log_probs, to_device
 
     nemo = Path(nemo)
     if not nemo.is_file():
@@ -224,7 +215,7 @@ def verify_export(nemo: str | Path, *, against: str | Path | None = None, base: 
         print(f"[verify] training state: {state.source} (backend {state.backend}, step {state.step}, base "
               f"{state.base_nemo if base is None else base})", flush=True)
 
-    mergeable = state is None or state.backend == "full" or _mergeable(state.backend)
+    mergeable = state is None or state.backend == registry.FULL or _mergeable(state.backend)
     if mergeable:
         extra = sorted(keys - base_keys) if base_keys is not None else lora_left
         missing = sorted(base_keys - keys) if base_keys is not None else []
@@ -240,7 +231,7 @@ def verify_export(nemo: str | Path, *, against: str | Path | None = None, base: 
         if manifest is not None:
             loader, n = make_val_loader(restored, Path(manifest), bs, max_utts, Path(tmp))
             if reference is not None:
-                batch = _to(fixed_batch(loader), device)
+                batch = to_device(fixed_batch(loader), device)
                 diff = float((log_probs(restored, batch) - log_probs(reference, batch)).abs().max())
                 report.add("outputs equal the training state", diff <= tolerance,
                            f"max |diff| of log-probs on {batch.audio.shape[0]} clips {diff:.2e} "
@@ -258,15 +249,11 @@ def verify_export(nemo: str | Path, *, against: str | Path | None = None, base: 
 
 
 def _mergeable(backend: str) -> bool:
-    from backends import registry
-
     return bool(getattr(registry.get(backend), "mergeable", True))
 
 
 def _check_kept_adapters(report: VerifyReport, restored, reference, backend_name: str) -> None:
     """Unmergeable backend: the export must carry the trained adapters, enabled."""
-    from backends import registry
-
     backend = registry.get(backend_name)
     kept, trained = backend.adapter_state_dict(restored), backend.adapter_state_dict(reference)
     missing, extra = sorted(set(trained) - set(kept)), sorted(set(kept) - set(trained))
@@ -279,26 +266,17 @@ def _check_kept_adapters(report: VerifyReport, restored, reference, backend_name
     report.add("adapters enabled", bool(enabled), f"enabled: {', '.join(enabled) or 'none'}")
 
 
-def _to(batch, device: str):
-    from dataclasses import fields, replace
-
-    import torch
-
-    return replace(batch, **{f.name: getattr(batch, f.name).to(device) for f in fields(batch)
-                             if isinstance(getattr(batch, f.name), torch.Tensor)})
-
-
 def transcribe_wer(model, loader, device: str) -> tuple[float, int, list[tuple[str, str]]]:
     import torch
 
-    from common.metrics import wer
-    from common.module import greedy_transcripts
+    from common.model.steps import greedy_transcripts, to_device
+    from common.quality.metrics import wer
 
     refs, hyps = [], []
     model.eval()
     with torch.no_grad():
         for batch in loader:
-            hyps += greedy_transcripts(model, _to(batch, device))
+            hyps += greedy_transcripts(model, to_device(batch, device))
             refs += [" ".join(s.text for s in c.supervisions) for c in batch.cuts]
     rate = wer(refs, hyps, mode="normalized").rate if refs else float("nan")
     return rate, len(refs), list(zip(refs, hyps))

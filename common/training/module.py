@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import math
 import random
-import re
 from dataclasses import dataclass
 from typing import Any
 
@@ -17,92 +16,10 @@ import numpy as np
 import torch
 from torch import nn
 
-_SPECIAL = re.compile(r"<\|[^|]*\|>")
-
-
-@dataclass(frozen=True)
-class ShapeRounding:
-    """Pad a training batch's audio and decoder inputs up to rounded lengths.
-
-    Compiled layers recompile, and CUDA-graphed ones record new graphs, for input shapes they have not met;
-    with transcripts and clips of any length, nearly every batch would be a new shape (on a CPU, the tiny
-    model's compiled step took 8 s unrounded and 0.05 s rounded). Rounded up, clips of up to 30 s make at most
-    30 audio lengths, and transcripts a handful of token lengths. The padding is masked everywhere
-    (preprocessor normalization, encoder attention and convolution, decoder attention; the loss ignores pad
-    labels), so the loss of the real frames and tokens is the same. It costs, on average, half a second of
-    audio and 8 tokens of padding per batch.
-
-    `encoder_frames`: the audio is padded a little further, until the encoder's output length is a multiple of
-    this. The attention's matrix products run over that length, and cuBLAS runs lengths that are not a multiple
-    of 8 (15 s: 188 frames) with slower unaligned kernels: padding 15 s clips to 192 frames (15.28 s) made the
-    step 4-9% faster on an H100 although it computes 2% more frames (docs/performance.md). 0 turns it off.
-    """
-
-    audio_s: float = 1.0
-    tokens: int = 16
-    encoder_frames: int = 8
-
-
-def _pad_last(x: torch.Tensor, multiple: int, value) -> torch.Tensor:
-    extra = -x.shape[-1] % multiple
-    return torch.nn.functional.pad(x, (0, extra), value=value) if extra else x
-
-
-def aligned_audio_length(samples: int, hop: int, subsampling: int, multiple: int) -> int:
-    """The fewest samples >= `samples` whose encoder output length is a multiple of `multiple`.
-
-    The preprocessor makes samples // hop + 1 frames; a striding subsampling by `subsampling` keeps
-    ceil(frames / subsampling) of them. For another subsampling the estimate may miss, which only costs speed:
-    the extra audio is padding, masked like any other.
-    """
-    frames = samples // hop + 1
-    encoder = -(-frames // subsampling)
-    target = -(-encoder // multiple) * multiple
-    return max(samples, (target - 1) * subsampling * hop)
-
-
-def rounded_inputs(model, batch, rounding: ShapeRounding) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-    """(audio, decoder input ids, labels) of `batch`, padded to the lengths `rounding` asks for."""
-    input_ids, labels = batch.get_decoder_inputs_outputs()
-    pad_id = model.tokenizer.pad_id
-    input_ids = _pad_last(input_ids, rounding.tokens, pad_id)
-    labels = _pad_last(labels, rounding.tokens, pad_id)
-    # the audio's padded length first, then one pad (it is the largest tensor of the batch)
-    samples = max(1, round(rounding.audio_s * model.sample_rate))
-    length = -(-batch.audio.shape[-1] // samples) * samples
-    hop = getattr(getattr(model.preprocessor, "featurizer", None), "hop_length", None)
-    subsampling = getattr(model.encoder, "subsampling_factor", None)
-    if rounding.encoder_frames > 0 and isinstance(hop, int) and isinstance(subsampling, int):
-        length = aligned_audio_length(length, hop, subsampling, rounding.encoder_frames)
-    extra = length - batch.audio.shape[-1]
-    audio = torch.nn.functional.pad(batch.audio, (0, extra), value=0.0) if extra else batch.audio
-    return audio, input_ids, labels
-
-
-def compute_loss(model, batch, rounding: ShapeRounding | None = None) -> tuple[torch.Tensor, torch.Tensor]:
-    """Teacher-forced cross-entropy of one prompted batch, as NeMo's training_step computes it.
-
-    Returns the loss and the number of target tokens (for token-weighted averages). `rounding` pads the batch
-    to rounded shapes first (for CUDA graphs); the result is the same up to floating-point rounding.
-    """
-    if rounding is None:
-        audio = batch.audio
-        input_ids, labels = batch.get_decoder_inputs_outputs()
-    else:
-        audio, input_ids, labels = rounded_inputs(model, batch, rounding)
-    input_ids_lens = batch.prompted_transcript_lens - 1
-    log_probs, _, _, _ = model(input_signal=audio, input_signal_length=batch.audio_lens,
-                               transcript=input_ids, transcript_length=input_ids_lens)
-    loss = model.loss(log_probs=log_probs, labels=labels, output_mask=None)
-    return loss, (labels != model.tokenizer.pad_id).sum()
-
-
-def greedy_transcripts(model, batch) -> list[str]:
-    """Decode a batch with the model's own decoding (prompt = the batch's prompts), special tokens stripped."""
-    _, _, enc_states, enc_mask = model(input_signal=batch.audio, input_signal_length=batch.audio_lens)
-    hyps = model.decoding.decode_predictions_tensor(encoder_hidden_states=enc_states, encoder_input_mask=enc_mask,
-                                                    decoder_input_ids=batch.prompt, return_hypotheses=False)
-    return [" ".join(_SPECIAL.sub(" ", h.text if hasattr(h, "text") else str(h)).split()) for h in hyps]
+from common.errors import NonFiniteLoss, UserError
+from common.model.steps import ShapeRounding, compute_loss, greedy_transcripts
+from common.quality.metrics import wer
+from common.training.checkpoints import fix_midepoch_progress, resume_position
 
 
 def freeze_batchnorm(model: nn.Module) -> int:
@@ -124,20 +41,24 @@ class OptimSettings:
     sched: str = "cosine"
 
 
+# the learning rate's factor after warm-up, by --sched, from the progress (0 to 1) towards max_steps
+DECAY = {
+    "cosine": lambda progress: 0.5 * (1.0 + math.cos(math.pi * progress)),
+    "linear": lambda progress: max(0.0, 1.0 - progress),
+    "constant": lambda progress: 1.0,
+}
+
+
 def lr_lambda(settings: OptimSettings):
     """Linear warm-up, then cosine or linear decay to zero at max_steps (or constant)."""
     warm = max(0, settings.warmup_steps)
     total = max(1, settings.max_steps)
+    decay = DECAY[settings.sched]
 
     def f(step: int) -> float:
         if warm and step < warm:
             return (step + 1) / warm
-        if settings.sched == "constant":
-            return 1.0
-        progress = min(1.0, (step - warm) / max(1, total - warm))
-        if settings.sched == "linear":
-            return max(0.0, 1.0 - progress)
-        return 0.5 * (1.0 + math.cos(math.pi * progress))
+        return decay(min(1.0, (step - warm) / max(1, total - warm)))
 
     return f
 
@@ -234,8 +155,6 @@ class CanaryFinetune(pl.LightningModule):
                                  "ids": [c.id for c in batch.cuts]})
 
     def on_validation_epoch_end(self) -> None:
-        from common.metrics import wer
-
         outs = self.val_outputs
         tokens = sum(o["tokens"] for o in outs)
         refs = [r for o in outs for r in o["refs"]]
@@ -248,8 +167,6 @@ class CanaryFinetune(pl.LightningModule):
 
     # ---- checkpoints ----------------------------------------------------------------------------
     def on_save_checkpoint(self, checkpoint: dict) -> None:
-        from common.checkpoints import fix_midepoch_progress
-
         keep = set(self.trainable_names())
         if self.backend is not None:  # adapters only: not a copy of the frozen base
             checkpoint["state_dict"] = {k: v for k, v in checkpoint["state_dict"].items() if k in keep}
@@ -257,8 +174,6 @@ class CanaryFinetune(pl.LightningModule):
         bad = [k for k, v in checkpoint["state_dict"].items()
                if k in keep and v.is_floating_point() and not torch.isfinite(v).all()]
         if bad:
-            from common.train import NonFiniteLoss
-
             raise NonFiniteLoss(checkpoint.get("global_step", -1), float("nan"), what=f"weights ({bad[0]})")
         fix_midepoch_progress(checkpoint)
         checkpoint["canary_lora"] = {
@@ -268,8 +183,6 @@ class CanaryFinetune(pl.LightningModule):
         }
 
     def on_load_checkpoint(self, checkpoint: dict) -> None:
-        from common.errors import UserError
-
         info = checkpoint.get("canary_lora", {})
         saved = set(checkpoint["state_dict"])
         expected = set(self.trainable_names())
@@ -296,8 +209,6 @@ class CanaryFinetune(pl.LightningModule):
                   "will not repeat it exactly: " + ", ".join(f"{k} {old!r} -> {new!r}" for k, (old, new)
                                                                 in sorted(changed.items())), flush=True)
         if self.train_sampler is not None:
-            from common.checkpoints import resume_position
-
             # Lightning restarts the epoch's batch count but not the data: skip what the optimizer already saw
             epoch, consumed = resume_position(checkpoint)
             self.train_sampler.resume_at(epoch, consumed)

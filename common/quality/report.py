@@ -17,17 +17,11 @@ import re
 from pathlib import Path
 from typing import Any
 
+from backends.registry import FULL
 from common.atomic import write_text
-from common.evaluate import (
-    cell,
-    fmt_change,
-    fmt_pct,
-    fmt_rel,
-    regression_check,
-    table,
-)
-from common.manifest import fmt_duration
-from common.metrics import utterance_errors
+from common.fmt import cell, fmt_change, fmt_duration, fmt_pct, fmt_rel, table
+from common.quality.metrics import utterance_errors
+from common.quality.scoring import regression_check
 
 SHOWN_EXAMPLES = 10  # validation utterances whose transcript changed most
 
@@ -118,10 +112,11 @@ def _examples(pairs: list[dict]) -> list[str]:
 
 
 def _settings(cfg) -> list[str]:
-    from common.config import TrainConfig
+    from common.config import TrainConfig  # defaults, to show what a run changed
 
     current, default = cfg.to_dict(), TrainConfig().to_dict()
-    changed = [(k, v, default.get(k)) for k, v in current.items() if k != "extra" and v != default.get(k)]
+    changed = [(k, v, default.get(k)) for k, v in current.items() if k != "backend_options" and v != default.get(k)]
+    changed += [(k, v, "backend default") for k, v in (cfg.backend_options or {}).items()]
     lines = ["## Settings", ""]
     if changed:
         lines += table(["flag", "value", "default"], [[f"`--{k}`", f"`{v}`", f"`{d}`"] for k, v, d in changed])
@@ -252,13 +247,12 @@ def render(summary: dict, cfg, meta: dict, result, records: list[dict]) -> str:
     spec = meta.get("spec") or {}
     total, trainable = summary["total_params"], summary["trainable_params"]
     lines += ["## Model and adapters", "", f"- base: `{meta['base_nemo']}` (sha256 {meta['base_sha256'][:16]}…)"]
-    if meta["backend"] == "full":
+    if meta["backend"] == FULL:
         lines.append("- full fine-tuning: every weight trains")
     else:
-        extra = f", dim {spec.get('adapter_dim')}" if meta["backend"] == "nemo" else ""
-        lines.append(f"- backend `{meta['backend']}`: rank {spec.get('r')}, alpha {spec.get('alpha'):g} "
-                     f"(scaling {spec.get('alpha', 0) / max(1, spec.get('r', 1)):g}), dropout {spec.get('dropout'):g}"
-                     + extra)
+        described = meta.get("describe") or {}
+        lines.append(f"- backend `{meta['backend']}`: {described.get('method', 'adapters')}; "
+                     f"{_settings_text(described.get('settings'))}, dropout {spec.get('dropout', 0):g}")
     lines.append(f"- trainable parameters: **{trainable:,}** of {total:,} ({100 * trainable / max(1, total):.3f}%)")
     lines.append(f"- modules adapted: {summary['adapted_modules']}")
     lines += [f"  - {g}" for g in _group_modules(result.adapted)]
@@ -267,6 +261,12 @@ def render(summary: dict, cfg, meta: dict, result, records: list[dict]) -> str:
     lines += _examples(_paired(before, after))
     lines += _settings(cfg)
     return "\n".join(lines)
+
+
+def _settings_text(settings: dict | None) -> str:
+    """`rank 8, scaling 2`: what shaped the adapters, as the backend's describe() names it."""
+    return ", ".join(f"{k.replace('_', ' ')} {v:g}" if isinstance(v, float) else f"{k.replace('_', ' ')} {v}"
+                     for k, v in (settings or {}).items()) or "no settings reported"
 
 
 def _regression_verdict(check: dict) -> str:
@@ -281,13 +281,12 @@ def write_report(paths: dict[str, Path], cfg, result, meta: dict, total: int, st
     """Write report.md, summary.json, transcripts.json and both plots; print the verdict lines. Returns the summary."""
     import torch
 
-    from common.plots import plot_loss_lr, plot_memory, read_metrics
+    from common.quality.plots import plot_loss_lr, plot_memory, read_metrics
 
     root = paths["root"]
     records = read_metrics(paths["metrics"]) if paths["metrics"].exists() else []
-    spec = meta.get("spec") or {}
-    title = ("full fine-tuning" if meta["backend"] == "full"
-             else f"{meta['backend']} r={spec.get('r')} alpha={spec.get('alpha', 0):g}")
+    title = ("full fine-tuning" if meta["backend"] == FULL
+             else f"{meta['backend']}, {_settings_text((meta.get('describe') or {}).get('settings'))}")
     plot_loss_lr(records, root / "loss.png", title=f"{title}, lr {cfg.lr:g}")
     memory_title = "GPU memory over steps" if torch.cuda.is_available() else "process memory (RSS) over steps, CPU run"
     plot_memory(records, root / "memory.png", title=memory_title, budget_gb=cfg.vram_budget_gb)

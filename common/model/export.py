@@ -7,32 +7,11 @@ from __future__ import annotations
 
 from pathlib import Path
 
-import torch
-
-from common import model_io
-from common.preflight import NemoInfo
+from common.model import io as model_io
+from common.model.archive import NemoInfo
+from common.model.steps import fixed_batch, log_probs
 
 TOLERANCE = 1e-4  # fp32 on CPU; merged vs unmerged differ by ~1e-6 on the tiny model
-
-
-def fixed_batch(loader, max_items: int = 2):
-    """The first validation batch, cut to a few utterances, on CPU."""
-    batch = next(iter(loader))
-    n = min(max_items, batch.audio.shape[0])
-    from dataclasses import fields, replace
-
-    return replace(batch, **{f.name: getattr(batch, f.name)[:n] for f in fields(batch)
-                             if isinstance(getattr(batch, f.name), torch.Tensor)})
-
-
-@torch.no_grad()
-def log_probs(model, batch) -> torch.Tensor:
-    """Teacher-forced log-probabilities on `batch`, fp32, eval mode: the quantity compared across exports."""
-    model.eval()
-    input_ids, _ = batch.get_decoder_inputs_outputs()
-    out, _, _, _ = model(input_signal=batch.audio, input_signal_length=batch.audio_lens, transcript=input_ids,
-                         transcript_length=batch.prompted_transcript_lens - 1)
-    return out.detach().clone().float()  # clone drops NeMo's neural_type attribute
 
 
 def state_keys(model) -> set[str]:

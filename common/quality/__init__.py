@@ -1,0 +1,1 @@
+"""Quality: error rates, scoring, evaluation, export verification, backend parity, the run report and plots."""

@@ -1,0 +1,1 @@
+"""Training: the LightningModule, Trainer assembly, callbacks, checkpoints, Ctrl+C, and the run, phase by phase."""
