@@ -30,6 +30,14 @@ def find_resume(resume: str | None, ckpt_dir: Path) -> Path | None:
     return max(candidates, key=lambda p: (checkpoint_step(p), p.stat().st_mtime))
 
 
+def read_checkpoint(path: Path) -> dict:
+    """A checkpoint of this tool, read on the CPU; a file that cannot be read is a UserError naming it."""
+    try:
+        return torch.load(path, map_location="cpu", weights_only=False)
+    except Exception as e:
+        raise UserError(f"{path}: cannot read it as a checkpoint ({type(e).__name__}: {e}).") from e
+
+
 def checkpoint_step(path: Path) -> int:
     try:
         # mmap: a full fine-tuning checkpoint can be many GB; only one number is needed

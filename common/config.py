@@ -19,6 +19,7 @@ from common.flags import add_flags, flag, flag_fields, values_for
 
 BASE_DTYPES = ("auto", "fp32", "bf16")
 PRECISIONS = {"bf16": "bf16-mixed", "fp16": "16-mixed", "16": "16-mixed", "32": "32-true", "fp32": "32-true"}
+SELECT = ("best", "last")
 SCHEDULES = ("cosine", "linear", "constant")  # common.training.module.DECAY
 LOGGERS = ("csv", "tb", "none")
 
@@ -35,8 +36,9 @@ class TrainConfig:
     regression_manifest: str | None = flag(
         None, "held-out 'general' manifest evaluated before and after, to catch regressions", group=DATA, type=str)
     regression_threshold: float = flag(
-        0.05, "flag a relative WER rise on the regression set above this (0.05 = 5%%; negative values demand an "
-              "improvement)", group=DATA)
+        0.05, "the most a pass may raise the regression set's WER above the base model's, relative (0.05 = 5%%), "
+              "to be selected for export; a larger rise is flagged (negative values demand an improvement)",
+        group=DATA)
     max_duration: float = flag(40.0, "drop clips longer than this many seconds (they cost memory quadratically)",
                                group=DATA)
     skip_bad: bool = flag(False, "skip missing/unreadable audio instead of stopping", group=DATA)
@@ -96,8 +98,14 @@ class TrainConfig:
     export_nemo: str = flag("models/nemo/canary-ru-lora-merged.nemo", "where the merged .nemo is written", group=RUN)
     val_every_n_steps: int = flag(200, "validate every N optimizer steps", group=RUN)
     limit_val_batches: int | None = flag(None, "validate on at most N batches", group=RUN, type=int)
-    eval_before: bool = flag(True, "skip the validation pass before training (the report then has no 'before')",
-                             group=RUN, negate="--no_eval_before")
+    eval_before: bool = flag(True, "skip the validation pass before training (the report then has no 'before'; the "
+                                   "regression set's reference is still measured)", group=RUN,
+                             negate="--no_eval_before")
+    select: str = flag("best", "which validation pass is merged and exported: best (the lowest validation WER, ties "
+                               "by loss, among passes within --regression_threshold on the regression set; kept in "
+                               "checkpoints/best.ckpt) or last (the final state)", group=RUN, choices=SELECT)
+    early_stop_patience: int = flag(0, "stop after N validation passes in a row without a better selection score, "
+                                       "then export the best pass (0: off)", group=RUN)
     mem_report_steps: int = flag(50, "print [MEM:stepN] every N steps", group=RUN)
     log: str = flag("csv", "training logger", group=RUN, choices=LOGGERS)
     # the chosen backend's own flags (see backends/<name>/config.py), filled by parse_args
@@ -122,7 +130,8 @@ REQUIRED = {"nemo": "the .nemo checkpoint", "train": "the train JSONL manifest",
 POSITIVE = ("bs", "accum", "max_steps", "val_every_n_steps", "save_every", "lora_r", "devices", "num_nodes", "lr",
             "lora_alpha", "max_duration", "val_bs", "batch_duration", "vram_budget_gb", "max_train_cuts",
             "limit_val_batches", "stop_after_steps")
-NON_NEGATIVE = ("debug_linear", "mem_report_steps", "num_workers", "warmup_steps", "weight_decay", "grad_clip")
+NON_NEGATIVE = ("debug_linear", "mem_report_steps", "num_workers", "warmup_steps", "weight_decay", "grad_clip",
+                "early_stop_patience")
 
 
 def validate(cfg: TrainConfig) -> TrainConfig:
@@ -163,7 +172,7 @@ def check_values(cfg: TrainConfig) -> list[str]:
                         f"the bf16 weights would be rounded again; use --base_dtype fp32")
     if not 0.0 <= cfg.lora_dropout < 1.0:
         problems.append(f"--lora_dropout must be in [0, 1), got {cfg.lora_dropout}")
-    for name, allowed in (("precision", PRECISIONS), ("sched", SCHEDULES), ("log", LOGGERS)):
+    for name, allowed in (("precision", PRECISIONS), ("sched", SCHEDULES), ("log", LOGGERS), ("select", SELECT)):
         value = getattr(cfg, name)
         if value is not None and value not in allowed:
             problems.append(f"--{name} {value!r} is not one of {', '.join(allowed)}")

@@ -135,6 +135,22 @@ def test_eval_wer_matches_jiwer_on_the_models_transcripts(eval_run, few_clips) -
                 assert (per["wer"], per["cer"]) == pytest.approx(jiwer_scores(subset, mode, key))
 
 
+def test_eval_durations_are_each_clips_own_not_the_padded_batch(eval_run) -> None:
+    """Batches of two clips are padded to the longer one; each row's duration is its own file's, read from the
+    audio header, and the total and the speed follow from them."""
+    import soundfile
+
+    out, _ = eval_run
+    result = json.loads((out / "eval.json").read_text(encoding="utf-8"))
+    rows = result["rows"]
+    own = [soundfile.info(r["audio_filepath"]).duration for r in rows]
+    assert len(set(round(d, 2) for d in own)) > 1  # clips of different lengths share batches
+    assert [r["duration"] for r in rows] == pytest.approx(own, abs=1e-3)
+    assert result["audio_s"] == pytest.approx(sum(own), abs=0.01)
+    model = result["models"]["model"]
+    assert model["audio_s_per_s"] == pytest.approx(sum(own) / model["decode_s"], rel=1e-3)  # rows rounded to ms
+
+
 def test_eval_markdown_leads_with_the_chosen_normalization(eval_run) -> None:
     out, proc = eval_run
     result = json.loads((out / "eval.json").read_text(encoding="utf-8"))

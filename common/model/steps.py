@@ -3,8 +3,10 @@ shape rounding that keeps compiled layers from recompiling. Training, validation
 the export all compute these the same way, here."""
 from __future__ import annotations
 
+import contextlib
 import re
 from dataclasses import dataclass
+from typing import Iterator
 
 import torch
 
@@ -88,11 +90,30 @@ def compute_loss(model, batch, rounding: ShapeRounding | None = None) -> tuple[t
     return loss, (labels != model.tokenizer.pad_id).sum()
 
 
+@contextlib.contextmanager
+def eval_mode(model: torch.nn.Module) -> Iterator[None]:
+    """The whole model in eval mode inside the block; afterwards every module is back in its own previous mode.
+
+    NeMo's multitask greedy and beam decoding end with `transformer_decoder.train()` and `log_softmax.train()`,
+    whatever mode the model was in: a loss computed after a decode in the same validation pass (the next batch's)
+    would run with decoder dropout on. Every scoring pass (validation, regression, eval, verify, transcribe)
+    computes its losses and decodes inside this guard.
+    """
+    modes = [(m, m.training) for m in model.modules()]
+    model.eval()
+    try:
+        yield
+    finally:
+        for module, training in modes:
+            module.training = training
+
+
 def greedy_transcripts(model, batch) -> list[str]:
     """Decode a batch with the model's own decoding (prompt = the batch's prompts), special tokens stripped."""
-    _, _, enc_states, enc_mask = model(input_signal=batch.audio, input_signal_length=batch.audio_lens)
-    hyps = model.decoding.decode_predictions_tensor(encoder_hidden_states=enc_states, encoder_input_mask=enc_mask,
-                                                    decoder_input_ids=batch.prompt, return_hypotheses=False)
+    with eval_mode(model):
+        _, _, enc_states, enc_mask = model(input_signal=batch.audio, input_signal_length=batch.audio_lens)
+        hyps = model.decoding.decode_predictions_tensor(encoder_hidden_states=enc_states, encoder_input_mask=enc_mask,
+                                                        decoder_input_ids=batch.prompt, return_hypotheses=False)
     return [" ".join(_SPECIAL.sub(" ", h.text if hasattr(h, "text") else str(h)).split()) for h in hyps]
 
 
@@ -110,7 +131,7 @@ def fixed_batch(loader, max_items: int = 2):
 @torch.no_grad()
 def log_probs(model, batch) -> torch.Tensor:
     """Teacher-forced log-probabilities on `batch`, fp32, eval mode: the quantity compared across exports."""
-    model.eval()
+    model.eval()  # and it stays so: every caller compares models for inference
     input_ids, _ = batch.get_decoder_inputs_outputs()
     out, _, _, _ = model(input_signal=batch.audio, input_signal_length=batch.audio_lens, transcript=input_ids,
                          transcript_length=batch.prompted_transcript_lens - 1)

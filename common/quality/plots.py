@@ -175,6 +175,43 @@ def plot_memory(
     return _save(fig, out_png)
 
 
+def plot_wer(
+    records: Sequence[dict[str, Any]],
+    out_png: str | os.PathLike,
+    title: str = "",
+    selected_step: int | None = None,
+    reference: float | None = None,
+    threshold: float | None = None,
+) -> Path:
+    """Validation WER over steps for the adapted set and the regression set, from the passes before, during and
+    after training; the exported step is marked, and so is the highest regression WER selection allows."""
+    fig, ax = _new_figure(title)
+    drawn = False
+    for kind, label, color in (("val", "adapted set (validation)", _VAL_COLOR),
+                               ("regression", "regression set", "tab:purple")):
+        points = sorted({int(r["step"]): v for r in records if r.get("kind") == kind
+                         and r.get("tag") in ("before", "during", "after")
+                         and (v := _number(r.get("val_wer"))) is not None}.items())
+        if not points:
+            continue
+        drawn = True
+        ax.plot([p[0] for p in points], [p[1] for p in points], color=color, marker="o", linewidth=1.5, label=label)
+    if not drawn:
+        _no_data(ax)
+        return _save(fig, out_png)
+    if reference is not None and threshold is not None:
+        ax.axhline(reference * (1 + threshold), color="tab:purple", linestyle=":", linewidth=1.2,
+                   label=f"regression limit (+{100 * threshold:.0f}% over the base model)")
+    if selected_step is not None:
+        ax.axvline(selected_step, color="black", linestyle="--", linewidth=1.2, label=f"exported: step {selected_step}")
+    ax.set_xlabel("step")
+    ax.set_ylabel("WER (normalized)")
+    ax.set_ylim(bottom=0)
+    ax.grid(True, alpha=0.3)
+    ax.legend(loc="best")
+    return _save(fig, out_png)
+
+
 def plot_bars(
     labels: Sequence[str],
     values: Sequence[float | None],

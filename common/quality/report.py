@@ -162,8 +162,11 @@ def _memory_line(records: list[dict]) -> str:
 def build_summary(cfg, result, meta: dict, total: int, stats: dict) -> dict[str, Any]:
     """The figures of a finished (or stopped) run, as `summary.json` holds them."""
     reg = None
+    selection = getattr(result, "selection", None) or {}
     if cfg.regression_manifest:
         rb, ra = result.regression_before, result.regression_after
+        if not rb and selection.get("reference_wer") is not None:  # a resumed run: the reference it kept
+            rb = {"val_wer": selection["reference_wer"]}
         reg = {"manifest": cfg.regression_manifest, "before": _scalars(rb), "after": _scalars(ra),
                "before_per_language": (rb or {}).get("per_language"),
                "after_per_language": (ra or {}).get("per_language"),
@@ -176,6 +179,10 @@ def build_summary(cfg, result, meta: dict, total: int, stats: dict) -> dict[str,
         "before_per_language": (result.before or {}).get("per_language"),
         "after_per_language": (result.after or {}).get("per_language"),
         "regression": reg,
+        # `after` describes the exported model: the pass selected below
+        "selected_step": getattr(result, "selected_step", None),
+        "regression_ok": selection.get("regression_ok"),
+        "selection": {k: v for k, v in selection.items() if k != "selected_step"} or None,
         "export": str(result.export) if result.export else None, "export_check": result.export_check,
         "kept_from_source": result.kept_members,
         "backend": meta["backend"], "adapter_spec": meta.get("spec"), "adapted_modules": len(result.adapted),
@@ -204,6 +211,11 @@ def render(summary: dict, cfg, meta: dict, result, records: list[dict]) -> str:
                      f"{fmt_change(before['val_wer'], after['val_wer'])}.")
     if reg:
         lines.append(f"- {_regression_verdict(reg['check'])}")
+    selection = summary.get("selection") or {}
+    if summary.get("selected_step") is not None:
+        lines.append(f"- Exported the state at step {summary['selected_step']}: {selection.get('why', '')}."
+                     + (" **WARNING: no pass met the regression threshold.**" if summary.get("regression_ok") is False
+                        else ""))
     if summary.get("export"):
         ok = (summary.get("export_check") or {}).get("ok")
         lines.append(f"- Export `{summary['export']}`: {'verified' if ok else '**NOT verified**'}.")
@@ -224,10 +236,12 @@ def render(summary: dict, cfg, meta: dict, result, records: list[dict]) -> str:
         check = reg["check"]
         advice = ""
         if check["flagged"] and (check["relative_change"] or 0) > 0:
-            advice = (" Fine-tuning made the model worse on what it already knew: try a lower --lr or fewer "
-                      "--max_steps, a lower --lora_r, or mix some general data into --train.")
+            advice = (" Fine-tuning made the model worse on what it already knew: mix some general data into "
+                      "training (--mix general.jsonl:0.3), or try a lower --lr, fewer --max_steps or a lower "
+                      "--lora_r.")
         lines += [("> **WARNING**: " if check["flagged"] else "**OK**: ") + check["message"] + "." + advice, ""]
 
+    lines += _selection_lines(summary)
     lines += ["## Training", "", "![loss and learning rate](loss.png)", "", "![memory over steps](memory.png)", ""]
     audio, train_s, speed = summary.get("audio_processed_s"), summary.get("train_wall_s"), summary.get("audio_s_per_s")
     lines += table(["", ""], [
@@ -269,6 +283,32 @@ def _settings_text(settings: dict | None) -> str:
                      for k, v in (settings or {}).items()) or "no settings reported"
 
 
+def _selection_lines(summary: dict) -> list[str]:
+    """Which validation pass was exported, why, and every pass that was a candidate."""
+    selection = summary.get("selection") or {}
+    candidates = selection.get("candidates") or []
+    if not candidates:
+        return []
+    lines = ["## Which state was exported", "", "![WER over steps](wer.png)", "",
+             f"`--select {selection.get('mode')}`: step {summary.get('selected_step')}, {selection.get('why', '')}."]
+    if selection.get("stopped_early"):
+        lines.append(" Training stopped early: --early_stop_patience passes in a row did not improve the score.")
+    lines.append("")
+    reference = selection.get("reference_wer")
+    header = ["step", "validation WER", "validation loss"]
+    if reference is not None:
+        header += ["regression WER", f"vs base ({fmt_pct(reference)})", "within threshold"]
+    rows = []
+    for c in candidates:
+        row = [f"**{c['step']}**" if c["step"] == summary.get("selected_step") else c["step"],
+               fmt_pct(c["val"].get("val_wer")), _num(c["val"].get("val_loss"))]
+        if reference is not None:
+            reg = c.get("regression") or {}
+            row += [fmt_pct(reg.get("val_wer")), fmt_rel(c.get("rise")), "yes" if c.get("ok") else "**no**"]
+        rows.append(row)
+    return lines + table(header, rows) + [""]
+
+
 def _regression_verdict(check: dict) -> str:
     if check["relative_change"] is None:
         return "Regression set: not compared (" + check["message"] + ")."
@@ -278,10 +318,10 @@ def _regression_verdict(check: dict) -> str:
 
 
 def write_report(paths: dict[str, Path], cfg, result, meta: dict, total: int, stats: dict) -> dict[str, Any]:
-    """Write report.md, summary.json, transcripts.json and both plots; print the verdict lines. Returns the summary."""
+    """Write report.md, summary.json, transcripts.json and the plots; print the verdict lines. Returns the summary."""
     import torch
 
-    from common.quality.plots import plot_loss_lr, plot_memory, read_metrics
+    from common.quality.plots import plot_loss_lr, plot_memory, plot_wer, read_metrics
 
     root = paths["root"]
     records = read_metrics(paths["metrics"]) if paths["metrics"].exists() else []
@@ -291,6 +331,9 @@ def write_report(paths: dict[str, Path], cfg, result, meta: dict, total: int, st
     memory_title = "GPU memory over steps" if torch.cuda.is_available() else "process memory (RSS) over steps, CPU run"
     plot_memory(records, root / "memory.png", title=memory_title, budget_gb=cfg.vram_budget_gb)
     summary = build_summary(cfg, result, meta, total, stats)
+    selection = summary.get("selection") or {}
+    plot_wer(records, root / "wer.png", title="WER over steps", selected_step=summary.get("selected_step"),
+             reference=selection.get("reference_wer"), threshold=cfg.regression_threshold)
     write_text(root / "summary.json", json.dumps(summary, indent=2, ensure_ascii=False, default=str))
     transcripts = {"val": _paired(result.before, result.after) or (result.after or result.before or {}).get("rows", [])}
     if cfg.regression_manifest:
@@ -300,8 +343,14 @@ def write_report(paths: dict[str, Path], cfg, result, meta: dict, total: int, st
     write_text(paths["report"], render(summary, cfg, meta, result, records))
 
     print(f"[report] {paths['report']}", flush=True)
+    if summary.get("selected_step") is not None:
+        print(f"[select] exported step {summary['selected_step']}: {selection.get('why', '')}", flush=True)
     reg = summary.get("regression")
     if reg and reg["check"]["flagged"]:
         print(f"[WARNING] regression: {reg['check']['message']} (--regression_threshold "
               f"{fmt_rel(reg['check']['threshold'])}). See {paths['report']}.", flush=True)
+    if summary.get("regression_ok") is False:
+        print(f"[WARNING] no validation pass kept the regression set within --regression_threshold "
+              f"{fmt_rel(cfg.regression_threshold)}: mix general data into training (--mix), lower --lr, or train "
+              f"fewer steps. See {paths['report']}.", flush=True)
     return summary

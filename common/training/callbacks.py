@@ -8,6 +8,7 @@ from lightning.pytorch.callbacks import Callback
 
 from common.errors import NonFiniteLoss
 from common.telemetry import MetricsLog, allocated_gb, mem_line, memory_snapshot
+from common.training.passes import pass_result, record
 
 
 class MetricsCallback(Callback):
@@ -89,9 +90,8 @@ class MetricsCallback(Callback):
         # recorded by common.training.passes with their tag
         if trainer.state.fn != "fit" or trainer.sanity_checking or trainer.global_rank != 0:
             return
-        last = getattr(pl_module, "last_val", {}) or {}
-        self.metrics.write("val", step=trainer.global_step, tag="during",
-                           **{k: v for k, v in last.items() if isinstance(v, (int, float))})
+        for name, result in pass_result(pl_module).items():
+            record(self.metrics, name, trainer.global_step, "during", result)
         print(mem_line("val_end", memory_snapshot()), flush=True)
 
     def on_train_end(self, trainer, pl_module) -> None:

@@ -17,7 +17,7 @@ import torch
 from torch import nn
 
 from common.errors import NonFiniteLoss, UserError
-from common.model.steps import ShapeRounding, compute_loss, greedy_transcripts
+from common.model.steps import ShapeRounding, compute_loss, eval_mode, greedy_transcripts
 from common.quality.metrics import wer
 from common.training.checkpoints import fix_midepoch_progress, resume_position
 
@@ -79,8 +79,11 @@ class CanaryFinetune(pl.LightningModule):
         self.meta = dict(meta or {})
         self.freeze_bn = backend is not None if freeze_bn is None else freeze_bn
         self.strict_loading = False  # checkpoints hold only trainable weights
-        self.val_outputs: list[dict] = []
-        self.last_val: dict[str, float] = {}
+        # validation sets, in the order of the validation dataloaders: the adapted set, and the regression set
+        # when there is one; a pass scores each (their loss and WER are logged as val_* and reg_*)
+        self.set_names: tuple[str, ...] = ("val",)
+        self.val_outputs: dict[str, list[dict]] = {}
+        self.last_val: dict[str, dict[str, float]] = {}  # per set: val_loss, val_wer, utterances
         self.train_sampler = None  # set by the trainer so resume can fast-forward it
         self.listeners: list = []  # callables(kind, **fields) for per-step records
         self.cuda_graphs = False  # set by compiled_layers
@@ -143,27 +146,36 @@ class CanaryFinetune(pl.LightningModule):
 
     # ---- validation -----------------------------------------------------------------------------
     def on_validation_epoch_start(self) -> None:
-        self.val_outputs = []
+        self.val_outputs = {name: [] for name in self.set_names}
 
-    def validation_step(self, batch, batch_idx):
-        loss, tokens = compute_loss(self.model, batch)
-        hyps = greedy_transcripts(self.model, batch)
+    def validation_step(self, batch, batch_idx, dataloader_idx: int = 0):
+        # the loss and the decoding both in eval mode: decoding switches NeMo's decoder back to train mode
+        with eval_mode(self.model):
+            loss, tokens = compute_loss(self.model, batch)
+            hyps = greedy_transcripts(self.model, batch)
         refs = [" ".join(s.text for s in c.supervisions) for c in batch.cuts]
         langs = [c.custom.get("target_lang", "") if c.custom else "" for c in batch.cuts]
-        self.val_outputs.append({"loss_sum": float(loss) * int(tokens), "tokens": int(tokens),
-                                 "refs": refs, "hyps": hyps, "langs": langs,
-                                 "ids": [c.id for c in batch.cuts]})
+        self.val_outputs[self.set_names[dataloader_idx]].append(
+            {"loss_sum": float(loss) * int(tokens), "tokens": int(tokens), "refs": refs, "hyps": hyps,
+             "langs": langs, "ids": [c.id for c in batch.cuts]})
 
     def on_validation_epoch_end(self) -> None:
-        outs = self.val_outputs
-        tokens = sum(o["tokens"] for o in outs)
-        refs = [r for o in outs for r in o["refs"]]
-        hyps = [h for o in outs for h in o["hyps"]]
-        val_loss = sum(o["loss_sum"] for o in outs) / max(1, tokens)
-        val_wer = wer(refs, hyps, mode="normalized").rate if refs else float("nan")
-        self.last_val = {"val_loss": val_loss, "val_wer": val_wer, "utterances": len(refs)}
-        self.log("val_loss", val_loss, prog_bar=True, sync_dist=True)
-        self.log("val_wer", val_wer, prog_bar=True, sync_dist=True)
+        self.last_val = {}
+        for name, outs in self.val_outputs.items():
+            refs = [r for o in outs for r in o["refs"]]
+            errors = wer(refs, [h for o in outs for h in o["hyps"]], mode="normalized")
+            totals = torch.tensor([sum(o["loss_sum"] for o in outs), sum(o["tokens"] for o in outs), errors.errors,
+                                   errors.ref_len, len(refs)], dtype=torch.float64, device=self.device)
+            if self.trainer.world_size > 1:  # corpus figures over every rank's shard, the same on every rank
+                totals = self.trainer.strategy.reduce(totals, reduce_op="sum")
+            loss_sum, tokens, n_errors, ref_len, utterances = totals.tolist()
+            self.last_val[name] = {
+                "val_loss": loss_sum / max(1.0, tokens),
+                "val_wer": (n_errors / ref_len if ref_len else float(n_errors)) if utterances else float("nan"),
+                "utterances": int(utterances)}
+            prefix = "val" if name == "val" else "reg"  # the regression set is its own series, never val_*
+            self.log(f"{prefix}_loss", self.last_val[name]["val_loss"], prog_bar=prefix == "val")
+            self.log(f"{prefix}_wer", self.last_val[name]["val_wer"], prog_bar=prefix == "val")
 
     # ---- checkpoints ----------------------------------------------------------------------------
     def on_save_checkpoint(self, checkpoint: dict) -> None:

@@ -34,6 +34,8 @@ class RunResult:
     kept_members: list[str] = field(default_factory=list)
     regression_before: dict = field(default_factory=dict)
     regression_after: dict = field(default_factory=dict)
+    selected_step: int | None = None  # the validation pass that was exported (see common.training.selection)
+    selection: dict = field(default_factory=dict)  # how it was chosen: mode, candidates, reference, regression_ok
 
 
 @dataclass
@@ -60,6 +62,7 @@ class Run:
     cuts: dict[str, Path] = field(default_factory=dict)
     metrics: Any = None
     stopper: Any = None
+    selection: Any = None  # common.training.selection.Selection
     stats: dict = field(default_factory=dict)
 
     @property
@@ -171,14 +174,17 @@ def prepare_training(r: Run) -> None:
     from common.telemetry import MetricsLog
     from common.training.callbacks import MetricsCallback
     from common.training.checkpoints import AtomicCheckpointIO, StepCheckpoint
+    from common.training.selection import Selection
     from common.training.signals import StopOnSignal
     from common.training.trainer import make_logger, make_trainer
 
     cfg, paths = r.cfg, r.paths
     r.metrics = MetricsLog(paths["metrics"])
     r.stopper = StopOnSignal(paths["checkpoints"] / "interrupt.ckpt", stop_after_steps=cfg.stop_after_steps)
+    r.selection = Selection(paths["checkpoints"] / "best.ckpt" if cfg.select == "best" else None,
+                            threshold=cfg.regression_threshold, patience=cfg.early_stop_patience)
     # metrics first: a step's loss is checked (and logged) before anything saves that step
-    callbacks = [MetricsCallback(r.metrics, mem_every=cfg.mem_report_steps), r.stopper,
+    callbacks = [MetricsCallback(r.metrics, mem_every=cfg.mem_report_steps), r.stopper, r.selection,
                  StepCheckpoint(dirpath=paths["checkpoints"], filename="step-{step}",
                                 every_n_train_steps=cfg.save_every, save_top_k=-1, save_last=True,
                                 save_on_train_epoch_end=False, auto_insert_metric_name=False)]
@@ -195,6 +201,7 @@ def prepare_training(r: Run) -> None:
         r.loaders[name], r.cuts[name] = data.loader, data.cuts_path
         print(f"[data] {name} cuts: {data.cuts_path} ({'built' if data.built else 'reused'})", flush=True)
     r.module.train_sampler = r.loaders["train"].sampler
+    r.module.set_names = tuple(name for name in ("val", "regression") if name in r.loaders)
     r.stats = {"precision": r.precision, "train_set_s": total_duration(r.cuts["train"])}
     if r.rank0:
         write_run_json(r)
@@ -212,17 +219,22 @@ def train(r: Run) -> None:
     from common.training.signals import interrupt_raises
 
     cfg, trainer, result = r.cfg, r.trainer, r.result
+    held_out = {name: r.loaders[name] for name in r.module.set_names}
     report_memory("fit_start")
-    if cfg.eval_before and r.resume_path is None:
-        with interrupt_raises():  # Ctrl+C here: nothing trained yet, the CLI exits with 130
-            result.before = evaluate(trainer, r.module, r.loaders["val"], r.metrics, "before")
-            if "regression" in r.loaders:
-                result.regression_before = evaluate(trainer, r.module, r.loaders["regression"], r.metrics, "before",
-                                                    kind="regression")
+    if r.resume_path is None:
+        # the base model's scores; on the regression set it is the selection's reference, so it is measured even
+        # under --no_eval_before (a resumed run keeps the reference its checkpoint holds)
+        before = held_out if cfg.eval_before else {k: v for k, v in held_out.items() if k == "regression"}
+        if before:
+            with interrupt_raises():  # Ctrl+C here: nothing trained yet, the CLI exits with 130
+                scores = evaluate(trainer, r.module, before, r.metrics, "before")
+            result.before = scores.get("val", {})
+            result.regression_before = scores.get("regression", {})
+            r.selection.reference = result.regression_before.get("val_wer")
     r.stopper.install()
     t_fit = time.time()
     try:
-        trainer.fit(r.module, train_dataloaders=r.loaders["train"], val_dataloaders=r.loaders["val"],
+        trainer.fit(r.module, train_dataloaders=r.loaders["train"], val_dataloaders=list(held_out.values()),
                     ckpt_path=str(r.resume_path) if r.resume_path else None)
     except NonFiniteLoss as e:
         result.status = "nonfinite"
@@ -244,25 +256,32 @@ def train(r: Run) -> None:
 
 # ---- select: the state to export, scored on the held-out sets --------------------------------------------------
 def select(r: Run) -> None:
-    """Validate the trained state (every rank its shard: the metrics are all-reduced, so rank 0 alone would wait
-    forever in DDP). A Ctrl+C here skips it: training is complete and its last step saved."""
+    """Score the final state (unless the last pass during training already did), then put the selected pass's
+    weights in place and describe them: `after` is always the exported model. Every rank takes part: the passes'
+    figures are reduced over all ranks. A Ctrl+C here skips it: training is complete and its last step saved,
+    and the current state is exported, as after any Ctrl+C."""
     from common.errors import Interrupted
-    from common.training.passes import evaluate
+    from common.training.selection import choose
     from common.training.signals import interrupt_raises
 
     result = r.result
     if result.status == "nonfinite":
         return
     if not r.stopper.requested:
+        held_out = {name: r.loaders[name] for name in r.module.set_names}
         try:
             with interrupt_raises():
-                result.after = evaluate(r.trainer, r.module, r.loaders["val"], r.metrics, "after")
-                if "regression" in r.loaders:
-                    result.regression_after = evaluate(r.trainer, r.module, r.loaders["regression"], r.metrics,
-                                                       "after", kind="regression")
+                chosen = choose(r.trainer, r.module, r.selection, held_out, r.metrics, mode=r.cfg.select)
         except Interrupted:
             r.stopper.requested = True
             print("\n[interrupt] Ctrl+C during the final validation: skipped it; saving and exporting.", flush=True)
+        else:
+            result.after, result.regression_after = chosen["val"], chosen.get("regression") or {}
+            result.selected_step = chosen["step"]
+            result.selection = r.selection.summary(mode=r.cfg.select, chosen=chosen["step"])
+            if r.selection.stopped_early:  # a later --resume auto finds the run finished
+                r.module.meta["stopped_early"] = True
+                r.trainer.save_checkpoint(r.paths["checkpoints"] / "last.ckpt")
     if r.stopper.requested:
         result.status = "interrupted"
 
@@ -294,7 +313,8 @@ def export(r: Run) -> None:
         save_adapters(r.backend.adapter_state_dict(r.model), r.paths["adapters"],
                       {"backend": r.backend.name, "r": str(spec["r"]), "alpha": str(spec["alpha"]),
                        "base_sha256": r.meta["base_sha256"], "base_nemo": r.meta["base_nemo"],
-                       "spec": json.dumps(spec), "step": str(trainer.global_step)})
+                       "spec": json.dumps(spec),
+                       "step": str(result.selected_step if result.selected_step is not None else trainer.global_step)})
     target = export_target(cfg.export_nemo, interrupted=result.status == "interrupted")
     if target is not None:
         result.export, result.kept_members, result.export_check = export_model(
