@@ -67,7 +67,7 @@ def read_checkpoint(path: str | Path, what: str = "checkpoint", *, ours: bool = 
         if code:
             raise UnsafeCheckpoint(f"{where}: refused to load it: it asks to import and call {', '.join(code)} while "
                             f"loading, which a checkpoint of this tool never does (tensors and plain data only). "
-                            f"Nothing in it was run. Use a checkpoint from a run's checkpoints/ folder.") from None
+                            f"Nothing in it was run; remove it, or pass a checkpoint this tool wrote.") from None
         raise UserError(f"{where}: not a checkpoint this tool can read (truncated, corrupted, or another kind of "
                         f"file: {_first_line(e)}).") from None
     if not isinstance(ckpt, dict) or "state_dict" not in ckpt or "global_step" not in ckpt:

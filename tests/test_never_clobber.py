@@ -85,3 +85,52 @@ def test_overwrite_replaces_the_earlier_run_cleanly(first):
     from common.checkpoint_files import load_adapters
 
     assert load_adapters(exp / "adapters.safetensors")[1]["step"] == "2"
+
+
+# ---- the decisions, on checkpoint files alone ------------------------------------------------------------------
+def _ckpt(path: Path, step: int) -> Path:
+    import torch
+
+    path.parent.mkdir(parents=True, exist_ok=True)
+    torch.save({"global_step": step, "state_dict": {}, "canary_lora": {}}, path)
+    return path
+
+
+def test_going_back_to_an_older_checkpoint_needs_overwrite(tmp_path):
+    from common.config import TrainConfig
+    from common.errors import UserError
+    from common.rundir import exp_paths
+    from common.training import guard
+
+    paths = exp_paths(tmp_path / "exp")
+    for step in (2, 4, 6):
+        _ckpt(paths["checkpoints"] / f"step-{step}.ckpt", step)
+    _ckpt(paths["checkpoints"] / "last.ckpt", 6)
+    cfg = TrainConfig(exp_dir=str(paths["root"]), export_nemo="", max_steps=10,
+                      resume=str(paths["checkpoints"] / "step-2.ckpt"))
+    with pytest.raises(UserError, match=r"is at step 2, but .* holds newer checkpoints \(last.ckpt, step-4.ckpt, "
+                                        r"step-6.ckpt\): continue from them with --resume auto, or pass --overwrite"):
+        guard.plan(cfg, paths, None)
+    cfg.overwrite = True
+    plan = guard.plan(cfg, paths, None)
+    assert sorted(p.name for p in plan.clear) == ["last.ckpt", "step-4.ckpt", "step-6.ckpt"]
+    assert (plan.resume.step, plan.keep_metrics_to, plan.done) == (2, 2, False)
+
+
+def test_resume_auto_with_nothing_to_resume_starts_over_and_says_so(tmp_path, capsys):
+    from common.config import TrainConfig
+    from common.rundir import exp_paths
+    from common.training import guard
+
+    paths = exp_paths(tmp_path / "exp")
+    (paths["checkpoints"]).mkdir(parents=True)
+    (paths["checkpoints"] / "last.ckpt").write_bytes(b"")
+    paths["metrics"].write_text('{"kind": "train", "step": 1}\n')  # a run killed before its first checkpoint
+    cfg = TrainConfig(exp_dir=str(paths["root"]), export_nemo="", resume="auto")
+    plan = guard.plan(cfg, paths, None)
+    out = capsys.readouterr().out
+    assert "[resume] skipping checkpoint" in out and "the file is empty" in out
+    assert f"[resume] --resume auto: no checkpoint to continue from in {paths['checkpoints']}: starting from step 0" in out
+    assert plan.resume is None and plan.keep_metrics_to == -1
+    guard.apply(plan, cfg, paths)
+    assert paths["metrics"].read_text() == ""  # its steps are trained again: none may appear twice

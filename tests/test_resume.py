@@ -79,7 +79,7 @@ def runs(fast_tiny_path, demo, tmp_path_factory):
     snap["files_again"] = {n: _sha(d["run"] / n) for n in snap["files"]}
     (d["run"] / "out.nemo").unlink()
     outs["reexport"] = run(args("run", resume="auto"))
-    snap["reexport_records"] = train_records(d["run"])
+    snap["reexport_records"], snap["reexport_adapters"] = train_records(d["run"]), _adapters(d["run"])
     (d["run"] / "checkpoints" / "last.ckpt").write_bytes(b"")
     outs["extended"] = run(args("run", resume="auto", max_steps=MAX_STEPS + 2))
     # what early stopping records: such a run is finished whatever --max_steps says now
@@ -151,7 +151,8 @@ def test_a_finished_run_without_its_export_writes_it_without_training(runs):
     assert f"Missing {d['run'] / 'out.nemo'}: loading the model to write it from that checkpoint" in out
     assert "[export] restore check: OK" in out and "Traceback" not in out
     assert [r["step"] for r in snap["reexport_records"]] == list(range(1, MAX_STEPS + 1))
-    adapters = _adapters(d["run"])  # the same weights as before the export went missing
+    adapters = snap["reexport_adapters"]  # the same weights as before the export went missing
+    assert adapters.keys() == snap["adapters"].keys()
     assert all(torch.equal(adapters[k], snap["adapters"][k]) for k in adapters)
 
 

@@ -190,15 +190,15 @@ def check_room(export: Path, info: NemoInfo) -> None:
     """Refuse to start when the export cannot be written: it needs about 4 bytes per parameter (about the base
     archive's size) in its folder, and as much again in the temp folder where NeMo assembles it."""
     need = info.export_bytes
-    tmp = Path(tempfile.gettempdir())
-    where = {export.parent.absolute(): "the --export_nemo folder", tmp: "the temp folder (TMPDIR)"}
-    by_volume: dict[int, list[Path]] = {}
-    for folder in where:
-        by_volume.setdefault(_volume(folder), []).append(folder)
+    where = [(export.parent.absolute(), "the --export_nemo folder"),
+             (Path(tempfile.gettempdir()), "the temp folder (TMPDIR)")]
+    by_volume: dict[int, list[tuple[Path, str]]] = {}
+    for folder, label in where:
+        by_volume.setdefault(_volume(folder), []).append((folder, label))
     for folders in by_volume.values():
-        free, total = free_bytes(folders[0]), need * len(folders)
+        free, total = free_bytes(folders[0][0]), need * len(folders)
         if free is not None and free < total:
-            what = " and ".join(f"{where[f]} {disp(f)}" for f in folders)
+            what = " and ".join(f"{label} {disp(folder)}" for folder, label in folders)
             raise UserError(f"--export_nemo {disp(export)}: not enough disk space: the export needs about "
                             f"{fmt_bytes(total)} in {what} (4 bytes per parameter, as the base {info.path.name} "
                             f"of {fmt_bytes(need)} holds), and {fmt_bytes(free)} is free. Free some space, or choose "
@@ -225,8 +225,8 @@ def apply(p: Plan, cfg: TrainConfig, paths: dict[str, Path]) -> None:
     if p.keep_metrics_to is not None:
         kept, dropped = keep_metrics_until(paths["metrics"], p.keep_metrics_to)
         if dropped:
-            print(f"[resume] metrics.jsonl: kept {kept} records up to step {max(p.keep_metrics_to, 0)}, removed "
-                  f"{dropped} after it (they are trained again)", flush=True)
+            print(f"[resume] metrics.jsonl: kept the {kept} records up to step {max(p.keep_metrics_to, 0)}, removed "
+                  f"{dropped} that this run writes again (later steps, the final evaluation)", flush=True)
     swept = remove_stale_temps(paths["root"]) + remove_stale_temps(paths["checkpoints"], recursive=True)
     if cfg.export_nemo:
         export = Path(cfg.export_nemo)

@@ -231,7 +231,7 @@ def train(r: Run) -> None:
                 result.regression_before = evaluate(trainer, r.module, r.loaders["regression"], r.metrics, "before",
                                                     kind="regression")
     if r.plan is not None and r.plan.done:  # finished before: restore its state for the export, train no step
-        trainer.fit_loop.max_steps = r.plan.resume.step
+        trainer.fit_loop.epoch_loop.max_steps = r.plan.resume.step
     r.stopper.install()
     t_fit = time.time()
     try:
@@ -315,10 +315,12 @@ def export(r: Run) -> None:
 
 
 def export_target(export_nemo: str | None, *, interrupted: bool) -> Path | None:
+    from common.training.guard import interrupt_export
+
     if not export_nemo:
         return None
     path = Path(export_nemo)
-    return path.with_name(f"{path.stem}-interrupt.nemo") if interrupted else path
+    return interrupt_export(path) if interrupted else path
 
 
 # ---- report -------------------------------------------------------------------------------------------------------
