@@ -92,6 +92,9 @@ class TrainConfig:
     exp_dir: str = flag("exp/canary_ru_lora_win", "run directory: checkpoints, logs, report", group=RUN)
     save_every: int = flag(500, "checkpoint every N optimizer steps", group=RUN)
     resume: str | None = flag(None, "'auto' (newest checkpoint in --exp_dir) or a .ckpt path", group=RUN, type=str)
+    overwrite: bool = flag(False, "replace an earlier run in --exp_dir and an existing --export_nemo (without it "
+                                  "either is refused; --resume auto continues the earlier run instead)", group=RUN)
+    keep_last: int = flag(3, "keep the N newest step-N.ckpt files (last.ckpt and best.ckpt always stay)", group=RUN)
     stop_after_steps: int | None = flag(
         None, "stop after this many optimizer steps as Ctrl+C would (interrupt checkpoint + export); the schedule "
               "still runs to --max_steps, so --resume auto later continues the same run", group=RUN, type=int)
@@ -131,7 +134,7 @@ POSITIVE = ("bs", "accum", "max_steps", "val_every_n_steps", "save_every", "lora
             "lora_alpha", "max_duration", "val_bs", "batch_duration", "vram_budget_gb", "max_train_cuts",
             "limit_val_batches", "stop_after_steps")
 NON_NEGATIVE = ("debug_linear", "mem_report_steps", "num_workers", "warmup_steps", "weight_decay", "grad_clip",
-                "early_stop_patience")
+                "early_stop_patience", "keep_last")
 
 
 def validate(cfg: TrainConfig) -> TrainConfig:

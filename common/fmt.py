@@ -56,3 +56,13 @@ def table(header: Sequence[str], rows: Iterable[Sequence[Any]]) -> list[str]:
     lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
     lines += ["| " + " | ".join(str(c) for c in row) + " |" for row in rows]
     return lines
+
+
+def fmt_bytes(n: float | None) -> str:
+    """`512 B`, `3.4 MB`, `11.2 GB`: decimal units, as disks are sold and `df -H` shows them."""
+    if n is None:
+        return "n/a"
+    for unit, size in (("TB", 1e12), ("GB", 1e9), ("MB", 1e6), ("kB", 1e3)):
+        if abs(n) >= size:
+            return f"{n / size:.1f} {unit}"
+    return f"{int(n)} B"

@@ -19,6 +19,13 @@ def cache_dir() -> Path:
     return Path(os.environ.get("CANARY_LORA_CACHE", REPO / ".cache"))
 
 
+# what a run writes into its --exp_dir (besides checkpoints/ and the logger's logs/): an --exp_dir holding one of
+# these (or a checkpoint) holds a run, and --overwrite removes exactly these
+RUN_FILES = ("run.json", "metrics.jsonl", "adapters.safetensors", "report.md", "summary.json", "transcripts.json",
+             "loss.png", "memory.png")
+RUN_FOLDERS = ("checkpoints", "logs")
+
+
 def exp_paths(exp_dir: str | Path) -> dict[str, Path]:
     root = Path(exp_dir)
     return {"root": root, "checkpoints": root / "checkpoints", "metrics": root / "metrics.jsonl",
@@ -37,7 +44,7 @@ def check_writable_dir(path: str | os.PathLike, what: str) -> None:
             f"cannot create {what} {disp(p)} ({reason(e)}); choose a location you can write to"
         ) from None
     try:
-        fd, tmp = tempfile.mkstemp(prefix=".write-test.", dir=p)
+        fd, tmp = tempfile.mkstemp(prefix=".write-test.", suffix=".tmp", dir=p)  # atomic.TEMP_NAME: swept if left
         os.close(fd)
         os.unlink(tmp)
     except OSError as e:

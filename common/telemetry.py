@@ -70,9 +70,14 @@ class MetricsLog:
         self.t0 = time.time()
 
     def write(self, kind: str, **fields) -> None:
+        from common.atomic import no_space_error
+
         record = {"kind": kind, "time_s": round(time.time() - self.t0, 3), **fields}
-        with open(self.path, "a", encoding="utf-8") as f:
-            f.write(json.dumps(record, ensure_ascii=False) + "\n")
+        try:
+            with open(self.path, "a", encoding="utf-8") as f:
+                f.write(json.dumps(record, ensure_ascii=False) + "\n")
+        except OSError as e:
+            raise no_space_error(e, self.path) or e
 
 
 def set_memory_cap(budget_gb: float | None, *, announce: bool = False) -> None:

@@ -26,6 +26,7 @@ def demo_args(emb) -> list[str]:
         "--precision", "bf16" if torch.cuda.is_available() else "32",
         "--mem_report_steps", "50", "--exp_dir", "exp/demo", "--export_nemo", "models/demo/canary-tiny-ru-lora.nemo",
         "--data_dir", str(emb.data.root.parent / "cuts"), "--log", "csv",
+        "--overwrite",  # the demo's own folder and export: a repeat run replaces them
     ]
 
 

@@ -11,12 +11,19 @@ def run_main(main: Callable[[], int]) -> int:
     # NeMo and Lightning are chatty; keep their info lines out of the user's way unless asked for
     os.environ.setdefault("NEMO_LOG_LEVEL", "WARNING")
     os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+    from common.atomic import no_space_error
     from common.errors import Interrupted, UserError
 
     try:
         return main() or 0
     except UserError as e:
         print(f"\nerror: {e}", file=sys.stderr, flush=True)
+        return 2
+    except OSError as e:  # a full disk is the user's to fix: say where, and how much is left
+        full = no_space_error(e)
+        if full is None:
+            raise
+        print(f"\nerror: {full}", file=sys.stderr, flush=True)
         return 2
     except (KeyboardInterrupt, Interrupted):
         # Ctrl+C outside the training loop (loading, data preparation, a validation pass before training);

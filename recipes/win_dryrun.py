@@ -13,7 +13,7 @@ from recipes.entry import run_main
 DRYRUN = ["--max_train_cuts", "16", "--max_steps", "4", "--bs", "2", "--accum", "2", "--val_every_n_steps", "4",
           "--save_every", "4", "--limit_val_batches", "2", "--debug_linear", "20", "--mem_report_steps", "1",
           "--warmup_steps", "1", "--exp_dir", "exp/win-dryrun", "--export_nemo", "exp/win-dryrun/dryrun.nemo",
-          "--log", "csv"]
+          "--log", "csv", "--overwrite"]  # its own folder: a repeat dry run replaces it
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -104,12 +104,22 @@ def _case_args(name: str, f: dict) -> tuple[dict, list[str]]:
         return {"exp_dir": d / "a_file" / "exp"}, ["cannot create --exp_dir", "a_file"]
     if name == "export folder not writable":
         return {"export_nemo": d / "a_file" / "x.nemo"}, ["--export_nemo folder", "a_file"]
+    if name == "lr nan":
+        return {"lr": "nan"}, ["--lr must be a finite number, got nan"]
+    if name == "data_dir is a file":
+        return {"data_dir": d / "a_file"}, ["--data_dir", "a_file", "is not a directory"]
+    if name == "export_nemo is a folder":
+        (d / "folder.nemo").mkdir(exist_ok=True)
+        return {"export_nemo": d / "folder.nemo"}, ["--export_nemo", "folder.nemo is a folder", "model.nemo"]
+    if name == "garbage resume file":
+        return {"resume": d / "model.nemo"}, ["--resume", "model.nemo: not a checkpoint this tool can read"]
     raise KeyError(name)
 
 
 CASES = ["missing manifest", "bad JSON line", "missing audio", "corrupt audio", "empty text", "all clips too long",
          "unknown language", "nemo missing", "nemo not an archive", "nemo not Canary", "exp_dir not writable",
-         "export folder not writable"]
+         "export folder not writable", "lr nan", "data_dir is a file", "export_nemo is a folder",
+         "garbage resume file"]
 
 
 @pytest.mark.parametrize("name", CASES)

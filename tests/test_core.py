@@ -227,7 +227,7 @@ def test_full_run_trains_only_lora_freezes_batchnorm_and_exports_base_keys(tmp_p
     assert result.export_check["ok"] and result.export_check["keys_equal_base"]
     exp = tmp_path / "exp"
     assert {p.name for p in (exp / "checkpoints").iterdir()} >= {"last.ckpt", "step-3.ckpt", "step-6.ckpt"}
-    ckpt = torch.load(exp / "checkpoints" / "last.ckpt", map_location="cpu", weights_only=False)
+    ckpt = torch.load(exp / "checkpoints" / "last.ckpt", map_location="cpu", weights_only=True)
     assert all(".lora_" in k for k in ckpt["state_dict"]) and len(ckpt["state_dict"]) == 72
     assert ckpt["canary_lora"]["base_sha256"] and ckpt["optimizer_states"] and ckpt["lr_schedulers"]
 

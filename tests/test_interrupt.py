@@ -134,7 +134,7 @@ def test_sigkill_while_exporting_keeps_the_previous_export(fast_tiny_path, demo,
     shutil.copy(fast_tiny_path, export)  # a previous good export at the same path
     before = _sha(export)
     proc = Proc(tiny_args(fast_tiny_path, demo, exp, tmp_path / "cuts", max_steps=2, accum=1, save_every=1000,
-                          val_every_n_steps=1000, no_eval_before=True, mem_report_steps=0),
+                          val_every_n_steps=1000, no_eval_before=True, mem_report_steps=0, overwrite=True),
                 CANARY_LORA_WRITE_DELAY_S="1.5")
     _wait_for_file(".out.nemo.*", exp, proc, timeout=400)
     proc.signal(signal.SIGKILL)  # while the new export is being written
@@ -142,7 +142,7 @@ def test_sigkill_while_exporting_keeps_the_previous_export(fast_tiny_path, demo,
     assert _sha(export) == before
     with tarfile.open(export) as tar:
         assert any(n.endswith("model_weights.ckpt") for n in tar.getnames())
-    assert torch.load(exp / "checkpoints" / "last.ckpt", map_location="cpu", weights_only=False)["global_step"] == 2
+    assert torch.load(exp / "checkpoints" / "last.ckpt", map_location="cpu", weights_only=True)["global_step"] == 2
 
 
 def test_nonfinite_loss_stops_keeps_the_last_good_checkpoint_and_exports_nothing(fast_tiny_path, demo, tmp_path):
@@ -158,7 +158,7 @@ def test_nonfinite_loss_stops_keeps_the_last_good_checkpoint_and_exports_nothing
     assert m, out
     bad_step, kept_step = int(m.group(2)), int(m.group(4))
     assert Path(m.group(3)) == exp / "checkpoints" / "last.ckpt" and kept_step == bad_step - 1
-    ckpt = torch.load(exp / "checkpoints" / "last.ckpt", map_location="cpu", weights_only=False)
+    ckpt = torch.load(exp / "checkpoints" / "last.ckpt", map_location="cpu", weights_only=True)
     assert ckpt["global_step"] == kept_step
     assert all(torch.isfinite(v).all() for v in ckpt["state_dict"].values())
     assert not list(exp.rglob("*.nemo")) and not (exp / "adapters.safetensors").exists()

@@ -108,7 +108,7 @@ def train_records(exp_dir: Path) -> list[dict]:
 def checkpoint_step(path: Path) -> int:
     import torch
 
-    return int(torch.load(path, map_location="cpu", weights_only=False)["global_step"])
+    return int(torch.load(path, map_location="cpu", weights_only=True)["global_step"])
 
 
 __all__ = ["REPO", "FINETUNE", "Proc", "run", "tiny_args", "train_records", "checkpoint_step", "signal"]

@@ -3,6 +3,10 @@
 A `.nemo` is a tar archive with `model_config.yaml`, `model_weights.ckpt` and tokenizer artifacts. Reading
 the config and the tokenizer's vocabulary from the archive tells the model class, the prompt format, the
 tokenizer layout (unified or aggregate) and the languages the checkpoint knows, without loading weights.
+
+A `.nemo` from elsewhere is also checked for what it could do when NeMo restores it: every member must be a plain
+file or folder inside the archive (no absolute path, no `..`, no link, no device), and every class its config
+names for NeMo to build (`_target_`, `target`, `cls`) must be one of NeMo's (`ALLOWED_TARGETS`).
 """
 from __future__ import annotations
 
@@ -13,9 +17,14 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from common.errors import UserError
+from common.messages import capped, disp, show
 
 LANG_TOKEN = re.compile(r"^<\|([a-z]{2}(?:-[A-Z]{2})?)\|>$")
 MODEL_CLASS = "EncDecMultiTaskModel"
+# the classes and functions a .nemo's config may ask NeMo to import and call: NeMo's own, and nothing else. The
+# one place to allow more (a prefix ending in "." or an exact dotted name), should a real checkpoint need it.
+ALLOWED_TARGETS = ("nemo.",)
+TARGET_KEYS = ("_target_", "target", "cls")  # Hydra's key, and NeMo's from_config_dict keys
 
 
 @dataclass
@@ -27,6 +36,13 @@ class NemoInfo:
     languages: list[str]
     config: dict = field(repr=False, default_factory=dict)
     members: list[str] = field(repr=False, default_factory=list)
+    size: int = 0  # bytes of all members: the size of a merged fp32 export, near enough
+
+    @property
+    def export_bytes(self) -> int:
+        """About what an export of this model takes on disk: 4 bytes per parameter (weights are saved in fp32)
+        plus the tokenizer and other artifacts, i.e. about the archive's own size for an fp32 source."""
+        return self.size
 
 
 def _member(tar: tarfile.TarFile, names: list[str], wanted: str) -> tarfile.TarInfo | None:
@@ -55,12 +71,17 @@ def inspect_nemo(path: str | Path) -> NemoInfo:
                         f"and model_weights.ckpt). Check the path, or re-download the checkpoint if it is truncated.")
     try:
         with tarfile.open(path, "r:*") as tar:
-            names = tar.getnames()
+            entries = tar.getmembers()
+            check_members(path, entries)
+            names = [m.name for m in entries]
             cfg_member = _member(tar, names, "model_config.yaml")
             if cfg_member is None or _member(tar, names, "model_weights.ckpt") is None:
                 raise UserError(f"--nemo {path}: the archive has no model_config.yaml/model_weights.ckpt, so it is "
                                 f"not a NeMo checkpoint.")
             config = yaml.safe_load(tar.extractfile(cfg_member).read()) or {}
+            if not isinstance(config, dict):
+                raise UserError(f"--nemo {path}: its model_config.yaml is not a mapping, so it is not a NeMo model.")
+            check_targets(path, config)
             target = str(config.get("target", ""))
             if MODEL_CLASS not in target:
                 raise UserError(f"--nemo {path}: this is a {target.rsplit('.', 1)[-1] or 'unknown'} checkpoint, not an "
@@ -72,7 +93,68 @@ def inspect_nemo(path: str | Path) -> NemoInfo:
         raise UserError(f"--nemo {path}: cannot read the archive ({e}). The file is probably truncated; "
                         f"copy or download it again.") from e
     return NemoInfo(path=path, target=target, prompt_format=str(config.get("prompt_format", "canary")),
-                    tokenizer_type=tok_type, languages=languages, config=config, members=names)
+                    tokenizer_type=tok_type, languages=languages, config=config, members=names,
+                    size=sum(m.size for m in entries if m.isfile()))
+
+
+# ---- what restoring the archive could do --------------------------------------------------------------------
+def unsafe_member(member: tarfile.TarInfo) -> str | None:
+    """Why extracting `member` could write or read outside the archive's folder; None for a plain file or folder
+    with a relative name."""
+    name = member.name.replace("\\", "/")
+    if name.startswith("/") or re.match(r"^[A-Za-z]:", name):
+        return "an absolute path"
+    if ".." in name.split("/"):
+        return "a path with '..'"
+    if member.issym():
+        return f"a symbolic link to {member.linkname}"
+    if member.islnk():
+        return f"a hard link to {member.linkname}"
+    if member.ischr() or member.isblk():
+        return "a device"
+    if member.isfifo():
+        return "a named pipe"
+    if not (member.isfile() or member.isdir()):
+        return "not a regular file"
+    return None
+
+
+def check_members(path: Path, members: list[tarfile.TarInfo]) -> None:
+    bad = [f"{disp(m.name)!r} ({why})" for m in members if (why := unsafe_member(m))]
+    if bad:
+        raise UserError(f"--nemo {path}: refused: the archive has members that would land outside its folder or "
+                        f"are not plain files: {'; '.join(capped(bad))}. A .nemo written by NeMo has none; get the "
+                        f"checkpoint from its original source.")
+
+
+def target_allowed(name: str) -> bool:
+    return any(name.startswith(a) if a.endswith(".") else name == a for a in ALLOWED_TARGETS)
+
+
+def config_targets(node, where: str = "") -> list[tuple[str, object]]:
+    """Every (config path, value) naming a class or function to build, anywhere in the config."""
+    found = []
+    if isinstance(node, dict):
+        for key, value in node.items():
+            at = f"{where}.{key}" if where else str(key)
+            names_class = key in ("_target_", "target") or (key == "cls" and "params" in node)
+            if names_class and (key == "_target_" or isinstance(value, str)):
+                found.append((at, value))
+            else:
+                found += config_targets(value, at)
+    elif isinstance(node, list):
+        for i, value in enumerate(node):
+            found += config_targets(value, f"{where}[{i}]")
+    return found
+
+
+def check_targets(path: Path, config: dict) -> None:
+    bad = [f"{at}: {show(value)}" for at, value in config_targets(config)
+           if not (isinstance(value, str) and target_allowed(value))]
+    if bad:
+        raise UserError(f"--nemo {path}: refused: its model_config.yaml names classes outside NeMo for NeMo to "
+                        f"build, which would run their code: {'; '.join(capped(bad))}. Only names under "
+                        f"{', '.join(ALLOWED_TARGETS)} are accepted (common/model/archive.py: ALLOWED_TARGETS).")
 
 
 def _vocab_tokens(tar: tarfile.TarFile, names: list[str], cfg: dict) -> list[str]:

@@ -7,7 +7,7 @@ from pathlib import Path
 import torch
 
 from common.atomic import atomic_path
-from common.model.archive import NemoInfo
+from common.model.archive import NemoInfo, unsafe_member
 
 
 def restore(path: str | Path, map_location: str | torch.device = "cpu", *, info: NemoInfo | None = None):
@@ -123,13 +123,17 @@ def _basename(name: str) -> str:
 
 
 def _copy_missing_members(source: Path, target: Path) -> list[str]:
-    """Append to `target` every file of `source` whose name it lacks (artifacts NeMo does not re-save)."""
+    """Append to `target` every file of `source` whose name it lacks (artifacts NeMo does not re-save).
+
+    Only plain files with safe relative names are copied (`unsafe_member`), as preflight demands of the source:
+    the export never carries a member that would land outside the folder it is extracted to.
+    """
     with tarfile.open(target, "r:*") as t:
         have = {_basename(n) for n in t.getnames()}
     # NeMo prefixes re-registered artifacts with a fresh hash: compare the part after the prefix too.
     have_tails = {n.split("_", 1)[1] for n in have if "_" in n and len(n.split("_", 1)[0]) == 32}
     with tarfile.open(source, "r:*") as s:
-        extra = [m for m in s.getmembers() if m.isfile()
+        extra = [m for m in s.getmembers() if m.isfile() and unsafe_member(m) is None
                  and _basename(m.name) not in have and _basename(m.name) not in have_tails
                  and not (_basename(m.name).split("_", 1)[-1] in have_tails)]
         if not extra:

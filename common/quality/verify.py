@@ -96,15 +96,10 @@ def _pick_in_run_dir(run_dir: Path, nemo: Path | None) -> Path:
 
 
 def _from_checkpoint(path: Path) -> TrainedState:
-    import torch
+    from common.checkpoint_files import read_checkpoint
 
-    try:
-        ckpt = torch.load(path, map_location="cpu", weights_only=False)  # our own checkpoints: trusted
-    except Exception as e:
-        raise UserError(f"--against {path}: cannot read it as a checkpoint ({type(e).__name__}: {e}).") from e
-    meta = ckpt.get("canary_lora") if isinstance(ckpt, dict) else None
-    if not meta or "state_dict" not in ckpt:
-        raise UserError(f"--against {path}: not a checkpoint written by this tool (no 'canary_lora' record).")
+    ckpt = read_checkpoint(path, "--against")  # weights_only: a foreign file is refused, nothing in it runs
+    meta = ckpt["canary_lora"]
     weights = {k.removeprefix("model."): v for k, v in ckpt["state_dict"].items()}
     return TrainedState(source=path, backend=meta.get("backend", registry.DEFAULT), spec=dict(meta.get("spec") or {}),
                         weights=weights, layout="params", base_nemo=Path(meta["base_nemo"]) if meta.get("base_nemo") else None,

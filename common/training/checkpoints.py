@@ -1,7 +1,9 @@
-"""Lightning checkpoints that a resume can rely on: written atomically, saved at the final step whatever
---save_every is, never rewritten mid-accumulation, and with the loop's progress as training really left it."""
+"""Lightning checkpoints that a resume can rely on: written atomically, read without running code, saved at the
+final step whatever --save_every is, never rewritten mid-accumulation, with the loop's progress as training really
+left it, and only the newest --keep_last step files kept."""
 from __future__ import annotations
 
+from pathlib import Path
 from typing import Any
 
 import torch
@@ -9,6 +11,7 @@ from lightning.pytorch.callbacks import ModelCheckpoint
 from lightning.pytorch.plugins.io import TorchCheckpointIO
 
 from common.atomic import atomic_path
+from common.checkpoint_files import prune_step_checkpoints, read_checkpoint
 
 
 class AtomicCheckpointIO(TorchCheckpointIO):
@@ -19,8 +22,8 @@ class AtomicCheckpointIO(TorchCheckpointIO):
             torch.save(checkpoint, tmp)
 
     def load_checkpoint(self, path, map_location=None, weights_only=None):
-        # our checkpoints carry RNG states and numpy arrays: trusted files written by this tool
-        return torch.load(path, map_location=map_location or "cpu", weights_only=False)
+        # tensors and plain data only, whatever Lightning asks: a resume never runs code from a file
+        return read_checkpoint(path, "--resume")
 
 
 class StepCheckpoint(ModelCheckpoint):
@@ -31,7 +34,20 @@ class StepCheckpoint(ModelCheckpoint):
     - A resumed run does not save again at the step it resumed from. Lightning forgets which step it saved
       last, so with gradient accumulation it would rewrite that step's checkpoint after the first micro-batch,
       in the middle of an accumulation whose gradients a checkpoint cannot hold.
+
+    A name is reused rather than versioned (no `last-v1.ckpt`): a resume finds one file per step. After each
+    save only the `keep_last` newest step files stay (None: all); last.ckpt and best.ckpt always stay.
     """
+
+    def __init__(self, *args, keep_last: int | None = None, **kwargs):
+        kwargs.setdefault("enable_version_counter", False)
+        super().__init__(*args, **kwargs)
+        self.keep_last = keep_last
+
+    def _save_checkpoint(self, trainer, filepath: str) -> None:
+        super()._save_checkpoint(trainer, filepath)
+        if self.keep_last is not None and trainer.is_global_zero and self.dirpath:
+            prune_step_checkpoints(Path(self.dirpath), self.keep_last)
 
     def on_train_start(self, trainer, pl_module) -> None:
         super().on_train_start(trainer, pl_module)

@@ -188,11 +188,7 @@ class CanaryFinetune(pl.LightningModule):
         if bad:
             raise NonFiniteLoss(checkpoint.get("global_step", -1), float("nan"), what=f"weights ({bad[0]})")
         fix_midepoch_progress(checkpoint)
-        checkpoint["canary_lora"] = {
-            **self.meta,
-            "rng": {"python": random.getstate(), "numpy": np.random.get_state(), "torch": torch.get_rng_state(),
-                    "cuda": torch.cuda.get_rng_state_all() if torch.cuda.is_available() else None},
-        }
+        checkpoint["canary_lora"] = {**self.meta, "rng": rng_state()}
 
     def on_load_checkpoint(self, checkpoint: dict) -> None:
         info = checkpoint.get("canary_lora", {})
@@ -229,9 +225,24 @@ class CanaryFinetune(pl.LightningModule):
         rng = getattr(self, "_restored_rng", None)
         if not rng:
             return
-        random.setstate(rng["python"])
-        np.random.set_state(rng["numpy"])
-        torch.set_rng_state(rng["torch"])
-        if rng.get("cuda") is not None and torch.cuda.is_available():
-            torch.cuda.set_rng_state_all(rng["cuda"])
+        set_rng_state(rng)
         self._restored_rng = None
+
+
+def rng_state() -> dict:
+    """Every generator's state as tensors, numbers and tuples: what a `weights_only=True` load accepts (numpy's
+    own state is a tuple holding an ndarray, which would need numpy's pickled globals)."""
+    kind, keys, pos, has_gauss, gauss = np.random.get_state()
+    return {"python": random.getstate(), "torch": torch.get_rng_state(),
+            "numpy": {"kind": kind, "keys": torch.from_numpy(keys.astype(np.int64)), "pos": int(pos),
+                      "has_gauss": int(has_gauss), "gauss": float(gauss)},
+            "cuda": torch.cuda.get_rng_state_all() if torch.cuda.is_available() else None}
+
+
+def set_rng_state(rng: dict) -> None:
+    random.setstate(rng["python"])
+    n = rng["numpy"]
+    np.random.set_state((n["kind"], n["keys"].numpy().astype(np.uint32), n["pos"], n["has_gauss"], n["gauss"]))
+    torch.set_rng_state(rng["torch"])
+    if rng.get("cuda") is not None and torch.cuda.is_available():
+        torch.cuda.set_rng_state_all(rng["cuda"])

@@ -22,7 +22,7 @@ from common.model.archive import NemoInfo
 @dataclass
 class RunResult:
     exp_dir: Path
-    status: str  # "finished", "interrupted", "nonfinite"
+    status: str  # "finished", "interrupted", "nonfinite", "done" (finished before: nothing trained, nothing written)
     global_step: int
     before: dict = field(default_factory=dict)
     after: dict = field(default_factory=dict)
@@ -47,6 +47,7 @@ class Run:
     manifests: dict[str, ManifestReport]  # "train", "val" and, with --regression_manifest, "regression"
     info: NemoInfo
     result: RunResult
+    plan: Any = None  # what the run does with its folder and export (common.training.guard)
     t_start: float = field(default_factory=time.time)
     model: Any = None
     backend: Any = None  # None in full fine-tuning
@@ -72,6 +73,8 @@ class Run:
 
 def run(cfg: TrainConfig) -> RunResult:
     r = check(cfg)
+    if r.result.status == "done":  # a finished run resumed again, its outputs in place: nothing to do
+        return r.result
     load(r)
     adapt(r)
     prepare_training(r)
@@ -85,10 +88,12 @@ def run(cfg: TrainConfig) -> RunResult:
 
 # ---- check: everything that needs no NeMo ---------------------------------------------------------------------
 def check(cfg: TrainConfig) -> Run:
-    """Validate manifests, checkpoint, languages and output folders; no NeMo import."""
+    """Validate manifests, checkpoint, languages and output folders; no NeMo import. Only when every check has
+    passed does the run folder change (an earlier run replaced, metrics cut back to the resumed step)."""
     from common.data.manifest import load_manifest
     from common.model.archive import check_languages, inspect_nemo
-    from common.rundir import check_writable_dir, exp_paths
+    from common.rundir import exp_paths
+    from common.training import guard
 
     manifests = {name: load_manifest(path, max_duration=cfg.max_duration, skip_bad=cfg.skip_bad)
                  for name, path in (("train", cfg.train), ("val", cfg.val), ("regression", cfg.regression_manifest))
@@ -96,9 +101,9 @@ def check(cfg: TrainConfig) -> Run:
     info = inspect_nemo(cfg.nemo)
     check_languages(info, {str(m.path): {e.source_lang for e in m.entries} | {e.target_lang for e in m.entries}
                            for m in manifests.values()})
-    check_writable_dir(Path(cfg.exp_dir), "--exp_dir")
-    if cfg.export_nemo:
-        check_writable_dir(Path(cfg.export_nemo).parent, "--export_nemo folder")
+    paths = exp_paths(cfg.exp_dir)
+    guard.check_paths(cfg, paths)
+    plan = guard.plan(cfg, paths, info)
     for m in manifests.values():
         print(f"[data] {m.summary()}", flush=True)
         for note in m.notes:
@@ -106,9 +111,16 @@ def check(cfg: TrainConfig) -> Run:
     print(f"[model] {info.path.name}: {info.prompt_format} prompt format, "
           f"{'aggregate' if info.tokenizer_type == 'agg' else 'unified'} tokenizer, languages: "
           f"{', '.join(info.languages) or '?'}", flush=True)
-    paths = exp_paths(cfg.exp_dir)
-    return Run(cfg=cfg, paths=paths, manifests=manifests, info=info,
-               result=RunResult(exp_dir=paths["root"], status="finished", global_step=0))
+    r = Run(cfg=cfg, paths=paths, manifests=manifests, info=info, plan=plan,
+            result=RunResult(exp_dir=paths["root"], status="finished", global_step=0))
+    if plan.resume is not None:
+        r.resume_path, r.result.global_step = plan.resume.path, plan.resume.step
+        print(guard.done_message(plan, cfg, paths) if plan.done else
+              f"[resume] continuing from {plan.resume.path} (step {plan.resume.step})", flush=True)
+        if plan.complete:
+            r.result.status = "done"
+    guard.apply(plan, cfg, paths)
+    return r
 
 
 # ---- load: the base model, seeded and capped as asked ------------------------------------------------------
@@ -116,14 +128,12 @@ def load(r: Run) -> None:
     import lightning.pytorch as pl
     import torch
 
-    from common.checkpoint_files import find_resume
     from common.config import resolve_precision
     from common.model.archive import sha256_file
     from common.model.io import restore
     from common.telemetry import set_memory_cap
 
     cfg = r.cfg
-    r.resume_path = find_resume(cfg.resume, r.paths["checkpoints"])
     pl.seed_everything(cfg.seed, workers=True)
     torch.set_float32_matmul_precision("high")
     set_memory_cap(cfg.vram_budget_gb, announce=True)
@@ -187,7 +197,8 @@ def prepare_training(r: Run) -> None:
     callbacks = [MetricsCallback(r.metrics, mem_every=cfg.mem_report_steps), r.stopper, r.selection,
                  StepCheckpoint(dirpath=paths["checkpoints"], filename="step-{step}",
                                 every_n_train_steps=cfg.save_every, save_top_k=-1, save_last=True,
-                                save_on_train_epoch_end=False, auto_insert_metric_name=False)]
+                                save_on_train_epoch_end=False, auto_insert_metric_name=False,
+                                keep_last=cfg.keep_last)]
     r.trainer = make_trainer(cfg, precision=r.precision, root=paths["root"], callbacks=callbacks,
                              logger=make_logger(cfg.log, paths["root"]), plugins=[AtomicCheckpointIO()])
     pin = isinstance(r.trainer.accelerator, CUDAAccelerator)
@@ -231,6 +242,8 @@ def train(r: Run) -> None:
             result.before = scores.get("val", {})
             result.regression_before = scores.get("regression", {})
             r.selection.reference = result.regression_before.get("val_wer")
+    if r.plan is not None and r.plan.done:  # finished before: restore its state for the export, train no step
+        trainer.fit_loop.epoch_loop.max_steps = r.plan.resume.step
     r.stopper.install()
     t_fit = time.time()
     try:
@@ -322,10 +335,12 @@ def export(r: Run) -> None:
 
 
 def export_target(export_nemo: str | None, *, interrupted: bool) -> Path | None:
+    from common.training.guard import interrupt_export
+
     if not export_nemo:
         return None
     path = Path(export_nemo)
-    return path.with_name(f"{path.stem}-interrupt.nemo") if interrupted else path
+    return interrupt_export(path) if interrupted else path
 
 
 # ---- report -------------------------------------------------------------------------------------------------------
