@@ -26,6 +26,7 @@ from common.messages import as_number, capped, disp, plural, reason, show
 TARRED_MANIFEST = "tarred_audio_manifest.json"  # what NeMo's convert_to_tarred_audio_dataset.py writes
 SHAR_CUTS = re.compile(r"^cuts\.(\d+)\.jsonl(\.gz)?$")
 SHAR_FIELD = re.compile(r"^(\w+)\.(\d+)\.\w+(\.gz)?$")
+SHARD_MANIFEST = re.compile(r"manifest[^/]*_(\d+)[^/]*\.json")  # how NeMo's tarred reader tells a manifest's shard
 NEMO_SUB = re.compile(r"^(?P<stem>.+)-sub\d+(?P<ext>\.\w+)?$")  # segments of one tarred file: a-sub1.wav, a-sub2.wav
 
 
@@ -193,12 +194,19 @@ def check_shar(folder: Path, *, max_duration: float | None) -> Tally:
     return tally.finish(max_duration)
 
 
-def tarred_layout(path: Path) -> tuple[Path, Path]:
-    """(manifest, folder of the tar files) of a NeMo tarred dataset named by its folder or its manifest; a manifest
-    in `sharded_manifests/` has its tars one folder up."""
+def _shard_of(path: Path) -> int | None:
+    m = SHARD_MANIFEST.search(path.name)
+    return int(m.group(1)) if m else None
+
+
+def tarred_layout(path: Path) -> tuple[list[Path], Path]:
+    """(manifests, folder of the tar files) of a NeMo tarred dataset named by its folder or by a manifest (one in
+    `sharded_manifests/` has its tars one folder up). A folder is read through its sharded manifests when it has
+    them: NeMo then holds one shard's lines in memory at a time, not the whole manifest's."""
     if path.is_dir():
-        return path / TARRED_MANIFEST, path
-    return path, path.parent.parent if path.parent.name == "sharded_manifests" else path.parent
+        sharded = [p for p in (path / "sharded_manifests").glob("manifest_*.json") if _shard_of(p) is not None]
+        return sorted(sharded, key=_shard_of) or [path / TARRED_MANIFEST], path
+    return [path], path.parent.parent if path.parent.name == "sharded_manifests" else path.parent
 
 
 def _tar_members(path: Path) -> set[str] | str:
@@ -217,11 +225,19 @@ def check_tarred(manifests: list[Path], tars: Mapping[int, Path] | Path, *, max_
     folder = tars if isinstance(tars, Path) else None
     by_shard: dict[int, list[tuple[str, str, float, tuple[str, str]]]] = defaultdict(list)
     for manifest in manifests:
+        own = _shard_of(manifest) if len(manifests) > 1 else None  # one manifest per shard: its name says which
+        if len(manifests) > 1 and own is None:
+            tally.problems.append(f"{disp(manifest)}: cannot tell its shard; NeMo reads it from names like "
+                                  f"manifest_0.json")
+        elif own is not None:
+            by_shard.setdefault(own, [])
         for row in parse_rows(manifest):
             where = f"{manifest.name} line {row.line}"
             sid = row.extra.get("shard_id")
             if isinstance(sid, bool) or not isinstance(sid, int) or sid < 0:
                 tally.problems.append(f"{where}: shard_id must be a whole number >= 0, got {show(sid)}")
+            elif own is not None and sid != own:
+                tally.problems.append(f"{where}: shard_id {sid} in the manifest of shard {own}")
             elif row.duration is None:
                 tally.problems.append(f"{where}: no duration (a tarred manifest needs one on every line)")
             else:

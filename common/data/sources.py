@@ -164,9 +164,10 @@ def check_source(spec: str, weight: float, flag: str, *, max_duration: float | N
     elif kind_ == "shar":
         tally, reader = _raised(check_shar(path, max_duration=max_duration), where), {}
     else:
-        manifest, folder = tarred_layout(path)
-        tally = _raised(check_tarred([manifest], folder, max_duration=max_duration, skip_bad=skip_bad), where)
-        reader = {"manifest": str(manifest), "tars": [str(p) for p in tally.tars.values()]}
+        manifests, folder = tarred_layout(path)
+        tally = _raised(check_tarred(manifests, folder, max_duration=max_duration, skip_bad=skip_bad), where)
+        reader = {"manifest": [str(m) for m in manifests] if len(manifests) > 1 else str(manifests[0]),
+                  "tars": [str(p) for p in tally.tars.values()]}
     if not tally.clips:
         dropped = f": {tally.too_long} longer than --max_duration {max_duration:g} s" if tally.too_long else ""
         raise UserError(f"{where}: no usable clips{dropped}; {HINT}")

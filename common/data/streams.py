@@ -81,8 +81,11 @@ def tag(cut, *, index: int):
     return cut
 
 
-def source_of(cut) -> int:
-    return int((_mono(cut).custom or {}).get(SOURCE_KEY, 0))
+def source_of(cut) -> tuple[int, float]:
+    """(index of the source a cut came from, its seconds of audio), also for a cut the dataset padded to its
+    batch's longest (a MixedCut whose first track is the cut itself)."""
+    inner = _mono(cut)
+    return int((inner.custom or {}).get(SOURCE_KEY, 0)), float(inner.duration)
 
 
 def _read(source: Source, seed: int):

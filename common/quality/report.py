@@ -267,13 +267,15 @@ def render(summary: dict, cfg, meta: dict, result, records: list[dict]) -> str:
 
 def _mix_lines(mix: dict | None) -> list[str]:
     """The --train/--mix sources: the share each was meant to have (its weight) and the share it had."""
+    from common.data.sources import KINDS
+
     if not mix:
         return []
     lines = ["### Data mixing", "",
              f"Training drew {mix['cuts']} cuts ({fmt_duration(mix['seconds'])} of audio) from these sources, each "
              f"repeated and sampled by its weight (a relative probability per cut):", ""]
     lines += table(["source", "kind", "weight", "expected share of cuts", "share of cuts", "share of audio"],
-                   [[f"`{r['name']}`", r["kind"], f"{r['weight']:g}", fmt_pct(r["expected_share"], 1),
+                   [[f"`{r['name']}`", KINDS.get(r["kind"], r["kind"]), f"{r['weight']:g}", fmt_pct(r["expected_share"], 1),
                      f"{fmt_pct(r['cut_share'], 1)} ({r['cuts']})", fmt_pct(r["second_share"], 1)]
                     for r in mix["sources"]])
     return lines + [""]

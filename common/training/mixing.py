@@ -21,7 +21,7 @@ class MixShares(Callback):
                         for s, p in zip(data.sources, data.expected_shares())]
         self.metrics, self.every, self.into = log, max(1, every), into
         self.counts = [[0, 0.0] for _ in self.sources]  # per source: cuts, seconds
-        self._written = -1
+        self._written, self._last = -1, {}
 
     def state_dict(self) -> dict:
         return {"counts": [list(c) for c in self.counts], "written": self._written}
@@ -32,18 +32,20 @@ class MixShares(Callback):
             self._written = int(state_dict.get("written", -1))
 
     def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx) -> None:
-        for cut in batch.cuts:
-            counts = self.counts[source_of(cut)]
-            counts[0] += 1
-            counts[1] += float(cut.duration)
+        for cut in batch.cuts:  # host-side metadata only: no wait for the GPU
+            index, seconds = source_of(cut)
+            self.counts[index][0] += 1
+            self.counts[index][1] += seconds
         step = trainer.global_step
         if step > 0 and step != self._written and step % self.every == 0:  # the step's last micro-batch: every rank is here
             self.write(trainer, step)
 
     def on_train_end(self, trainer, pl_module) -> None:
-        self.into["mix"] = self.write(trainer, trainer.global_step)
+        step = trainer.global_step
+        self.into["mix"] = self._last if step == self._written and self._last else self.write(trainer, step)
 
     def write(self, trainer, step: int) -> dict:
+        """Sum the counts over ranks (every rank calls this at the same step), record and print them on rank 0."""
         self._written = step
         totals = torch.tensor(self.counts, dtype=torch.float64)
         if trainer.world_size > 1:
@@ -53,6 +55,7 @@ class MixShares(Callback):
             self.metrics.write("mix", step=step, sources={s["name"]: {"cuts": s["cuts"], "seconds": s["seconds"]}
                                                        for s in summary["sources"]})
             print(f"[mix] step {step}: {mix_line(summary)}", flush=True)
+        self._last = summary
         return summary
 
 
