@@ -14,13 +14,12 @@ adapter weights after 10 steps).
 from __future__ import annotations
 
 import shutil
-import threading
 from pathlib import Path
 
 import pytest
 import torch
 
-from tests.train_cli import checkpoint_step, run, tiny_args, train_records
+from tests.train_cli import checkpoint_step, run_parallel as _parallel, tiny_args, train_records
 
 TOL = 1e-5
 
@@ -29,20 +28,6 @@ def _adapters(exp_dir: Path) -> dict[str, torch.Tensor]:
     from safetensors.torch import load_file
 
     return load_file(str(exp_dir / "adapters.safetensors"))
-
-
-def _parallel(*jobs):
-    results = [None] * len(jobs)
-
-    def go(i, argv):
-        results[i] = run(argv)
-
-    threads = [threading.Thread(target=go, args=(i, argv)) for i, argv in enumerate(jobs)]
-    for t in threads:
-        t.start()
-    for t in threads:
-        t.join()
-    return results
 
 
 @pytest.fixture(scope="module")
