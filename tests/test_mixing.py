@@ -106,9 +106,15 @@ def test_a_shar_folder_trains_in_epochs(runs):
     ("C:\\data\\general.jsonl", ["drive letter C:", "C:\\data\\general.jsonl:0.3"]),
     ("{general}:lots", ["'lots' after the last ':' is not a number"]),
     ("{missing}:0.3", ["--mix", "gone.jsonl not found", "input_cfg YAML"]),
+    ("{foreign}:0.3", ["Language not supported", "--mix", "foreign.jsonl uses xx", "knows only"]),
 ])
 def test_a_bad_mix_fails_before_nemo(spec, expected, fast_tiny_path, demo, tmp_path):
-    spec = spec.format(general=demo.base_val, missing=tmp_path / "gone.jsonl")
+    """Checked as --train is, before the model loads: the spec, the files, the languages against the checkpoint."""
+    lines = demo.base_val.read_text(encoding="utf-8").splitlines()[:3]
+    foreign = tmp_path / "foreign.jsonl"
+    foreign.write_text("".join(json.dumps(json.loads(x) | {"source_lang": "xx"}) + "\n" for x in lines),
+                       encoding="utf-8")
+    spec = spec.format(general=demo.base_val, missing=tmp_path / "gone.jsonl", foreign=foreign)
     t0 = time.monotonic()
     code, out = run(tiny_args(fast_tiny_path, demo, tmp_path / "exp", tmp_path / "cuts", mix=spec), timeout=120)
     assert code == 2, out

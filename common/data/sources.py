@@ -17,6 +17,7 @@ A source is one of five kinds, told apart by what its path holds:
 """
 from __future__ import annotations
 
+import dataclasses
 import os
 import re
 from dataclasses import dataclass, field
@@ -113,14 +114,8 @@ def check_training_data(train: str, mix: tuple[str, ...] = (), *, max_duration: 
             k += 1
             name = f"{source.path.name} #{k}"
         names.add(name)
-        sources.append(_replace(source, name=name))
+        sources.append(dataclasses.replace(source, name=name))
     return TrainingData(tuple(sources))
-
-
-def _replace(source: Source, **changes) -> Source:
-    import dataclasses
-
-    return dataclasses.replace(source, **changes)
 
 
 def detect_kind(path: Path, flag: str) -> str:
@@ -129,7 +124,7 @@ def detect_kind(path: Path, flag: str) -> str:
     if path.is_dir():
         if any(path.glob("cuts.*.jsonl*")):
             return "shar"
-        if (path / TARRED_MANIFEST).is_file():
+        if (path / TARRED_MANIFEST).is_file() or any((path / "sharded_manifests").glob("manifest_*.json")):
             return "nemo_tarred"
         raise UserError(f"{flag} {disp(path)} is a folder, but neither a Lhotse Shar folder (cuts.000000.jsonl.gz, "
                         f"recording.000000.tar, ...) nor a NeMo tarred dataset ({TARRED_MANIFEST}, audio_0.tar, "

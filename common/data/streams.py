@@ -29,11 +29,11 @@ from functools import partial
 from pathlib import Path
 from typing import Callable
 
+from common.data.cuts import SAMPLE_RATE
 from common.data.source_checks import prompt_fields
 from common.data.sources import Source, TrainingData
 
 SOURCE_KEY = "mix_source"
-SAMPLE_RATE = 16000
 
 
 class _Rebuilt:

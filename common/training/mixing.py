@@ -2,8 +2,9 @@
 
 `MixShares` counts the cuts of every training batch by the source tag `common.data.streams` put on them, and every
 --val_every_n_steps optimizer steps (and when training ends) writes the shares so far: a `mix` record in
-metrics.jsonl, a `[mix]` console line, and at the end the `mix` summary that summary.json and report.md show. The
-counts live in the checkpoints, so a resumed run's shares cover the whole run; with DDP they are summed over ranks.
+metrics.jsonl, a `[mix]` console line, and at the end the `mix` summary that summary.json and report.md show. With
+DDP the counts are summed over ranks after every optimizer step; they live in the checkpoints, so a resumed run's
+shares cover the whole run.
 """
 from __future__ import annotations
 
@@ -20,7 +21,9 @@ class MixShares(Callback):
         self.sources = [{"name": s.name, "kind": s.kind, "weight": s.weight, "expected_share": round(p, 6)}
                         for s, p in zip(data.sources, data.expected_shares())]
         self.metrics, self.every, self.into = log, max(1, every), into
-        self.counts = [[0, 0.0] for _ in self.sources]  # per source: cuts, seconds
+        self.counts = [[0, 0.0] for _ in self.sources]  # per source, over all ranks, at the last optimizer step
+        self._pending = [[0, 0.0] for _ in self.sources]  # this rank's micro-batches since then
+        self._step_at_start = -1
         self._written, self._last = -1, {}
 
     def state_dict(self) -> dict:
@@ -31,13 +34,25 @@ class MixShares(Callback):
             self.counts = [[int(n), float(s)] for n, s in state_dict["counts"]]
             self._written = int(state_dict.get("written", -1))
 
+    def on_train_batch_start(self, trainer, pl_module, batch, batch_idx) -> None:
+        self._step_at_start = trainer.global_step
+
     def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx) -> None:
         for cut in batch.cuts:  # host-side metadata only: no wait for the GPU
             index, seconds = source_of(cut)
-            self.counts[index][0] += 1
-            self.counts[index][1] += seconds
+            self._pending[index][0] += 1
+            self._pending[index][1] += seconds
         step = trainer.global_step
-        if step > 0 and step != self._written and step % self.every == 0:  # the step's last micro-batch: every rank is here
+        if step == self._step_at_start:
+            return  # mid-accumulation
+        # every rank is here after each optimizer step: the counts become the same on all of them, so the
+        # checkpoint rank 0 writes holds the whole run's (DDP already meets here every step, to stop together)
+        pending = torch.tensor(self._pending, dtype=torch.float64)
+        if trainer.world_size > 1:
+            pending = trainer.strategy.reduce(pending.to(trainer.strategy.root_device), reduce_op="sum").cpu()
+        self.counts = [[int(n + dn), s + ds] for (n, s), (dn, ds) in zip(self.counts, pending.tolist())]
+        self._pending = [[0, 0.0] for _ in self.sources]
+        if step != self._written and step % self.every == 0:
             self.write(trainer, step)
 
     def on_train_end(self, trainer, pl_module) -> None:
@@ -45,15 +60,11 @@ class MixShares(Callback):
         self.into["mix"] = self._last if step == self._written and self._last else self.write(trainer, step)
 
     def write(self, trainer, step: int) -> dict:
-        """Sum the counts over ranks (every rank calls this at the same step), record and print them on rank 0."""
         self._written = step
-        totals = torch.tensor(self.counts, dtype=torch.float64)
-        if trainer.world_size > 1:
-            totals = trainer.strategy.reduce(totals.to(trainer.strategy.root_device), reduce_op="sum").cpu()
-        summary = mix_summary(self.sources, totals.tolist())
+        summary = mix_summary(self.sources, self.counts)
         if trainer.global_rank == 0:
             self.metrics.write("mix", step=step, sources={s["name"]: {"cuts": s["cuts"], "seconds": s["seconds"]}
-                                                       for s in summary["sources"]})
+                                                          for s in summary["sources"]})
             print(f"[mix] step {step}: {mix_line(summary)}", flush=True)
         self._last = summary
         return summary
