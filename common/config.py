@@ -31,7 +31,14 @@ DATA, BATCH, ADAPT, OPTIM, RUN = ("data and model", "batching and precision", "a
 class TrainConfig:
     # ---- data and model
     nemo: str | None = flag(None, "the base Canary .nemo checkpoint", group=DATA, type=str)
-    train: str | None = flag(None, "training manifest (NeMo JSONL)", group=DATA, type=str)
+    train: str | None = flag(
+        None, "training data: a NeMo JSONL manifest, a Lhotse cut manifest, a NeMo tarred dataset (its folder or "
+              "its manifest with shard_id), a Lhotse Shar folder, or an input_cfg YAML with weights", group=DATA,
+        type=str)
+    mix: tuple[str, ...] = flag(
+        (), "mix more data into training against forgetting, DATA:WEIGHT, repeatable (--mix general.jsonl:0.3): DATA "
+            "takes any form --train takes; WEIGHT is its relative sampling probability per cut, --train's being 1 "
+            "(split at the last ':', so C:\\data\\general.jsonl:0.3 works)", group=DATA, metavar="DATA:WEIGHT")
     val: str | None = flag(None, "validation manifest (NeMo JSONL)", group=DATA, type=str)
     regression_manifest: str | None = flag(
         None, "held-out 'general' manifest evaluated before and after, to catch regressions", group=DATA, type=str)
@@ -128,7 +135,7 @@ class TrainConfig:
         return asdict(self)
 
 
-REQUIRED = {"nemo": "the .nemo checkpoint", "train": "the train JSONL manifest", "val": "the val JSONL manifest"}
+REQUIRED = {"nemo": "the .nemo checkpoint", "train": "the training data", "val": "the val JSONL manifest"}
 # flags checked for sign: (> 0, >= 0); None means "not given" and is always fine
 POSITIVE = ("bs", "accum", "max_steps", "val_every_n_steps", "save_every", "lora_r", "devices", "num_nodes", "lr",
             "lora_alpha", "max_duration", "val_bs", "batch_duration", "vram_budget_gb", "max_train_cuts",
@@ -183,12 +190,37 @@ def check_values(cfg: TrainConfig) -> list[str]:
         problems.append(f"--backend {cfg.backend!r} is not a backend; known: {', '.join(registry.names())}")
     if cfg.export_nemo and not cfg.export_nemo.endswith(".nemo"):
         problems.append(f"--export_nemo must end with .nemo, got {cfg.export_nemo!r}")
+    for spec in cfg.mix:
+        try:
+            mix_spec(spec)
+        except UserError as e:
+            problems.append(str(e))
     for pattern in cfg.targets or ():
         try:
             re.compile(pattern)
         except re.error as e:
             problems.append(f"--lora_targets pattern {pattern!r} is not a valid regular expression: {e}")
     return problems + _backend_option_problems(cfg)
+
+
+def mix_spec(spec: str) -> tuple[str, float]:
+    """`--mix DATA:WEIGHT` as (DATA, WEIGHT), split at the last colon: a Windows path has a colon of its own."""
+    path, colon, weight = spec.rpartition(":")
+    if not colon or not path.strip():
+        raise UserError(f"--mix {spec!r} has no weight: write DATA:WEIGHT, e.g. --mix general.jsonl:0.3 (the weight "
+                        f"is a relative sampling probability per cut; --train has 1)")
+    if len(path) == 1 and path.isalpha() and weight[:1] in ("\\", "/"):
+        raise UserError(f"--mix {spec!r} has no weight: the colon after the drive letter {path}: belongs to the path; "
+                        f"add the weight after one more colon, e.g. --mix {spec}:0.3")
+    try:
+        value = float(weight)
+    except ValueError:
+        raise UserError(f"--mix {spec!r}: the weight {weight!r} after the last ':' is not a number; write "
+                        f"DATA:WEIGHT, e.g. --mix {path}:0.3") from None
+    if not math.isfinite(value) or value <= 0:
+        raise UserError(f"--mix {spec!r}: the weight must be a positive finite number (a relative sampling "
+                        f"probability per cut; --train has 1), got {weight}")
+    return path, value
 
 
 def _backend_option_problems(cfg: TrainConfig) -> list[str]:

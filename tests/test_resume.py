@@ -21,13 +21,12 @@ from __future__ import annotations
 
 import hashlib
 import json
-import threading
 from pathlib import Path
 
 import pytest
 import torch
 
-from tests.train_cli import checkpoint_step, run, tiny_args, train_records
+from tests.train_cli import checkpoint_step, run, run_parallel as _parallel, tiny_args, train_records
 
 MAX_STEPS, STOP = 8, 3
 
@@ -40,20 +39,6 @@ def _adapters(exp_dir: Path) -> dict[str, torch.Tensor]:
 
 def _sha(path: Path) -> str:
     return hashlib.sha256(path.read_bytes()).hexdigest()
-
-
-def _parallel(*jobs):
-    results = [None] * len(jobs)
-
-    def go(i, argv):
-        results[i] = run(argv)
-
-    threads = [threading.Thread(target=go, args=(i, argv)) for i, argv in enumerate(jobs)]
-    for t in threads:
-        t.start()
-    for t in threads:
-        t.join()
-    return results
 
 
 @pytest.fixture(scope="module")

@@ -100,6 +100,21 @@ def run(argv: list[str], script: Path = FINETUNE, timeout: float = 900, **env_ex
     return proc.wait(timeout), proc.output
 
 
+def run_parallel(*jobs: list[str]) -> list[tuple[int, str]]:
+    """Several CLI runs at once, each in a thread waiting on its process; (exit code, output) of each, in order."""
+    results: list[tuple[int, str]] = [(0, "")] * len(jobs)
+
+    def go(i, argv):
+        results[i] = run(argv)
+
+    threads = [threading.Thread(target=go, args=(i, argv)) for i, argv in enumerate(jobs)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    return results
+
+
 def train_records(exp_dir: Path) -> list[dict]:
     path = Path(exp_dir) / "metrics.jsonl"
     return [r for r in map(json.loads, path.read_text(encoding="utf-8").splitlines()) if r["kind"] == "train"]
@@ -111,4 +126,4 @@ def checkpoint_step(path: Path) -> int:
     return int(torch.load(path, map_location="cpu", weights_only=True)["global_step"])
 
 
-__all__ = ["REPO", "FINETUNE", "Proc", "run", "tiny_args", "train_records", "checkpoint_step", "signal"]
+__all__ = ["REPO", "FINETUNE", "Proc", "run", "run_parallel", "tiny_args", "train_records", "checkpoint_step", "signal"]

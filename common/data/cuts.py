@@ -40,9 +40,7 @@ def _cut_for(entry, idx_prefix: str, prompt_format: str):
     for key, value in entry.extra.items():
         if key not in ("audio_filepath", "duration", "text", "offset", "lang") and value is not None:
             custom[key] = value
-    if prompt_format == "canary":
-        # canary-1b's format needs a task on every example; the manifest may say `taskname` or `task`.
-        custom.setdefault("task", custom.pop("taskname", None) or "asr")
+    fill_task(custom, prompt_format)
     supervision = SupervisionSegment(id=cut.id, recording_id=cut.recording_id, start=0.0, duration=cut.duration,
                                      channel=0, text=entry.text, language=entry.target_lang)
     if rec.num_channels > 1:
@@ -53,6 +51,12 @@ def _cut_for(entry, idx_prefix: str, prompt_format: str):
     if rec.sampling_rate != SAMPLE_RATE:
         cut = cut.resample(SAMPLE_RATE)  # lazy: the cache stores the instruction, audio is resampled on load
     return cut
+
+
+def fill_task(custom: dict, prompt_format: str) -> None:
+    if prompt_format == "canary":
+        # canary-1b's format needs a task on every example; the manifest may say `taskname` or `task`.
+        custom.setdefault("task", custom.pop("taskname", None) or "asr")
 
 
 def _downmix(cut, custom: dict, supervision):

@@ -38,10 +38,16 @@ class ResumableSampler:
         return self._resume[1] if self._resume and self._resume[0] == self.epoch else 0
 
     def __iter__(self) -> Iterator:
+        import time
+
         it = iter(self.inner)
+        t0 = time.monotonic()
         for _ in range(self.skip):
             if next(it, None) is None:
                 break
+        if self.skip:
+            print(f"[resume] the training data is back where it stopped: {self.skip} batches drawn again and "
+                  f"skipped in {time.monotonic() - t0:.1f} s", flush=True)
         return it
 
     def state_dict(self) -> dict:
@@ -100,24 +106,36 @@ class LoaderSettings:
     rank: int = 0
     drop_last: bool = False  # drop a short last batch (benchmarks: a new shape would recompile a compiled model)
     pin_memory: bool = False  # batches in pinned host memory, for fast asynchronous copies to a CUDA device
+    # most cuts the sampler's shuffle and bucketing buffers hold (None: Lhotse's 20000 and 10000); an endless mixed
+    # stream caps them at its number of distinct cuts, since a buffer that holds every cut twice shuffles no better
+    buffer_cuts: int | None = None
 
 
 def make_loader(cuts_path: Path, tokenizer, prompt, settings: LoaderSettings, *, train: bool):
-    """A DataLoader over cut batches: shuffled (and optionally bucketed) for training, in order for eval."""
-    import torch
+    """A DataLoader over the batches of a cut manifest, read lazily."""
     from lhotse import CutSet
+
+    return cuts_loader(CutSet.from_jsonl_lazy(cuts_path), tokenizer, prompt, settings, train=train)
+
+
+def cuts_loader(cuts, tokenizer, prompt, settings: LoaderSettings, *, train: bool):
+    """A DataLoader over cut batches: shuffled (and optionally bucketed) for training, in order for eval. The
+    sampler runs in the main process and hands each batch's cuts to the workers, which load the audio."""
+    import torch
     from lhotse.dataset import DynamicBucketingSampler, DynamicCutSampler
     from nemo.collections.asr.data.audio_to_text_lhotse_prompted import PromptedAudioToTextLhotseDataset
 
-    cuts = CutSet.from_file(cuts_path).to_eager()
     common = dict(world_size=settings.world_size, rank=settings.rank, seed=settings.seed)
+    cap = settings.buffer_cuts or 10**9
     if train and settings.batch_duration:
         sampler = DynamicBucketingSampler(cuts, max_duration=settings.batch_duration,
                                           num_buckets=settings.num_buckets, shuffle=True, drop_last=settings.drop_last,
+                                          buffer_size=min(10000, cap), num_cuts_for_bins_estimate=min(10000, cap),
                                           **common)
     else:
         sampler = DynamicCutSampler(cuts, max_cuts=settings.batch_size, shuffle=train,
-                                    drop_last=train and settings.drop_last, **common)
+                                    drop_last=train and settings.drop_last, shuffle_buffer_size=min(20000, cap),
+                                    **common)
     sampler = ResumableSampler(sampler)
     dataset = PromptedAudioToTextLhotseDataset(tokenizer=tokenizer, prompt=prompt)
     # A private generator: creating an iterator draws a seed from it, and drawing from the global RNG instead
@@ -134,7 +152,7 @@ def make_loader(cuts_path: Path, tokenizer, prompt, settings: LoaderSettings, *,
 def total_duration(cuts_path: Path) -> float:
     from lhotse import CutSet
 
-    return float(sum(c.duration for c in CutSet.from_file(cuts_path)))
+    return float(sum(c.duration for c in CutSet.from_jsonl_lazy(cuts_path)))
 
 
 

@@ -72,6 +72,13 @@ def load_manifest(
     return report
 
 
+def parse_rows(path: str | os.PathLike, *, defaults: Mapping[str, str] = DEFAULTS) -> list[Row]:
+    """Pass 1 alone: every line parsed and its fields checked, no audio touched (a NeMo tarred manifest, whose
+    audio lives in tar files). Raises one `UserError` listing every bad line."""
+    manifest = Path(os.path.abspath(Path(path).expanduser()))
+    return _parse_all(manifest, _read_lines(manifest), _check_defaults(defaults))
+
+
 def check_file_exists(path: str | os.PathLike, what: str, hint: str) -> None:
     """Raise `UserError` unless `path` is a readable file; `hint` says what to pass instead."""
     p = Path(path).expanduser()

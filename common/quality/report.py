@@ -191,6 +191,7 @@ def build_summary(cfg, result, meta: dict, total: int, stats: dict) -> dict[str,
         "wall_s": round(result.wall_s, 1), "train_wall_s": round(train_s, 3) if train_s else None,
         "train_set_audio_s": stats.get("train_set_s"), "audio_processed_s": round(audio, 1) if audio else None,
         "audio_s_per_s": round(audio / train_s, 2) if audio and train_s else None,
+        "mix": stats.get("mix"),
     }
 
 
@@ -257,6 +258,7 @@ def render(summary: dict, cfg, meta: dict, result, records: list[dict]) -> str:
         ["learning rate", f"{cfg.lr:g}, {cfg.sched} after {cfg.warmup_steps} warm-up steps"],
     ])
     lines.append("")
+    lines += _mix_lines(summary.get("mix"))
 
     spec = meta.get("spec") or {}
     total, trainable = summary["total_params"], summary["trainable_params"]
@@ -275,6 +277,22 @@ def render(summary: dict, cfg, meta: dict, result, records: list[dict]) -> str:
     lines += _examples(_paired(before, after))
     lines += _settings(cfg)
     return "\n".join(lines)
+
+
+def _mix_lines(mix: dict | None) -> list[str]:
+    """The --train/--mix sources: the share each was meant to have (its weight) and the share it had."""
+    from common.data.sources import KINDS
+
+    if not mix:
+        return []
+    lines = ["### Data mixing", "",
+             f"Training drew {mix['cuts']} cuts ({fmt_duration(mix['seconds'])} of audio) from these sources, each "
+             f"repeated and sampled by its weight (a relative probability per cut):", ""]
+    lines += table(["source", "kind", "weight", "expected share of cuts", "share of cuts", "share of audio"],
+                   [[f"`{r['name']}`", KINDS.get(r["kind"], r["kind"]), f"{r['weight']:g}", fmt_pct(r["expected_share"], 1),
+                     f"{fmt_pct(r['cut_share'], 1)} ({r['cuts']})", fmt_pct(r["second_share"], 1)]
+                    for r in mix["sources"]])
+    return lines + [""]
 
 
 def _settings_text(settings: dict | None) -> str:

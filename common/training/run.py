@@ -45,6 +45,7 @@ class Run:
     cfg: TrainConfig
     paths: dict[str, Path]
     manifests: dict[str, ManifestReport]  # "train", "val" and, with --regression_manifest, "regression"
+    data: Any  # the checked --train and --mix sources (common.data.sources.TrainingData); "train" above if plain
     info: NemoInfo
     result: RunResult
     plan: Any = None  # what the run does with its folder and export (common.training.guard)
@@ -91,16 +92,19 @@ def check(cfg: TrainConfig) -> Run:
     """Validate manifests, checkpoint, languages and output folders; no NeMo import. Only when every check has
     passed does the run folder change (an earlier run replaced, metrics cut back to the resumed step)."""
     from common.data.manifest import load_manifest
+    from common.data.sources import check_training_data
     from common.model.archive import check_languages, inspect_nemo
     from common.rundir import exp_paths
     from common.training import guard
 
+    data = check_training_data(cfg.train, cfg.mix, max_duration=cfg.max_duration, skip_bad=cfg.skip_bad)
     manifests = {name: load_manifest(path, max_duration=cfg.max_duration, skip_bad=cfg.skip_bad)
-                 for name, path in (("train", cfg.train), ("val", cfg.val), ("regression", cfg.regression_manifest))
-                 if path}
+                 for name, path in (("val", cfg.val), ("regression", cfg.regression_manifest)) if path}
+    if data.plain:
+        manifests = {"train": data.train.report, **manifests}
     info = inspect_nemo(cfg.nemo)
     check_languages(info, {str(m.path): {e.source_lang for e in m.entries} | {e.target_lang for e in m.entries}
-                           for m in manifests.values()})
+                           for m in manifests.values()} | data.languages())
     paths = exp_paths(cfg.exp_dir)
     guard.check_paths(cfg, paths)
     plan = guard.plan(cfg, paths, info)
@@ -108,10 +112,16 @@ def check(cfg: TrainConfig) -> Run:
         print(f"[data] {m.summary()}", flush=True)
         for note in m.notes:
             print(f"[data]   {note}", flush=True)
+    for source in () if data.plain else data.sources:
+        print(f"[data] {source.summary()}", flush=True)
+        for note in source.notes:
+            print(f"[data]   {note}", flush=True)
+    if data.endless:
+        print(f"[data] {data.stream_line()}", flush=True)
     print(f"[model] {info.path.name}: {info.prompt_format} prompt format, "
           f"{'aggregate' if info.tokenizer_type == 'agg' else 'unified'} tokenizer, languages: "
           f"{', '.join(info.languages) or '?'}", flush=True)
-    r = Run(cfg=cfg, paths=paths, manifests=manifests, info=info, plan=plan,
+    r = Run(cfg=cfg, paths=paths, manifests=manifests, data=data, info=info, plan=plan,
             result=RunResult(exp_dir=paths["root"], status="finished", global_step=0))
     if plan.resume is not None:
         r.resume_path, r.result.global_step = plan.resume.path, plan.resume.step
@@ -167,7 +177,8 @@ def adapt(r: Run) -> None:
     r.meta |= {"backend": r.backend.name if r.backend else registry.FULL, "spec": spec.to_dict(),
                # what fixes the order of training batches: a resume with other values cannot repeat the run exactly
                "data": {"bs": cfg.bs, "accum": cfg.accum, "batch_duration": cfg.batch_duration, "seed": cfg.seed,
-                        "max_train_cuts": cfg.max_train_cuts, "train": str(Path(cfg.train).resolve())},
+                        "max_train_cuts": cfg.max_train_cuts, "train": str(Path(cfg.train).resolve()),
+                        "mix": [f"{s.path}:{s.weight:g}" for s in r.data.sources[1:]]},
                "describe": r.backend.describe(r.model) if r.backend else {}}
     r.module = make_module(r.model, r.backend, cfg, r.meta)
     if cfg.compile:
@@ -181,9 +192,11 @@ def prepare_training(r: Run) -> None:
     from lightning.pytorch.accelerators import CUDAAccelerator
 
     from common.data.loader import LoaderSettings, manifest_loader, total_duration
+    from common.data.streams import stream_loader
     from common.telemetry import MetricsLog
     from common.training.callbacks import MetricsCallback
     from common.training.checkpoints import AtomicCheckpointIO, StepCheckpoint
+    from common.training.mixing import MixShares
     from common.training.selection import Selection
     from common.training.signals import StopOnSignal
     from common.training.trainer import make_logger, make_trainer
@@ -199,6 +212,8 @@ def prepare_training(r: Run) -> None:
                                 every_n_train_steps=cfg.save_every, save_top_k=-1, save_last=True,
                                 save_on_train_epoch_end=False, auto_insert_metric_name=False,
                                 keep_last=cfg.keep_last)]
+    if r.data.mixed:  # counted before the stopper's interrupt checkpoint, which then holds this batch's counts
+        callbacks.insert(1, MixShares(r.data, r.metrics, every=cfg.val_every_n_steps, into=r.stats))
     r.trainer = make_trainer(cfg, precision=r.precision, root=paths["root"], callbacks=callbacks,
                              logger=make_logger(cfg.log, paths["root"]), plugins=[AtomicCheckpointIO()])
     pin = isinstance(r.trainer.accelerator, CUDAAccelerator)
@@ -211,9 +226,15 @@ def prepare_training(r: Run) -> None:
                                train=name == "train", limit=cfg.max_train_cuts if name == "train" else None)
         r.loaders[name], r.cuts[name] = data.loader, data.cuts_path
         print(f"[data] {name} cuts: {data.cuts_path} ({'built' if data.built else 'reused'})", flush=True)
+    if not r.data.plain:  # tarred, Shar, cuts, input_cfg, or mixed: one stream over the sources
+        stream = stream_loader(r.data, r.model, train, data_dir=cfg.data_dir, max_duration=cfg.max_duration,
+                               limit=cfg.max_train_cuts)
+        r.loaders["train"] = stream.loader
+        r.cuts |= {("train" if i == 0 else f"mix:{r.data.sources[i].name}"): p for i, p in stream.caches.items()}
     r.module.train_sampler = r.loaders["train"].sampler
     r.module.set_names = tuple(name for name in ("val", "regression") if name in r.loaders)
-    r.stats = {"precision": r.precision, "train_set_s": total_duration(r.cuts["train"])}
+    r.stats |= {"precision": r.precision,
+                "train_set_s": total_duration(r.cuts["train"]) if "train" in r.cuts else r.data.train.seconds}
     if r.rank0:
         write_run_json(r)
 
