@@ -31,6 +31,11 @@ test *args: setup
 test-all *args: setup
     {{python}} -m pytest -q -m "not gpu" {{args}}
 
+# Build a NeMo manifest from --audio_dir (with <name>.txt transcripts), --tsv (Common Voice) or --cuts (Lhotse); --split val=0.05
+[group('data')]
+manifest *args: setup
+    {{python}} recipes/manifest.py {{args}}
+
 # Fine-tune with the original command line (--nemo --train --val --bs --accum ...)
 [group('train')]
 finetune *args: setup

@@ -10,6 +10,7 @@ import sys
 
 # subcommand -> (recipe module, what it does); the names follow the justfile's recipes
 COMMANDS = {
+    "manifest": ("manifest", "a NeMo manifest from a folder, a Common Voice TSV or Lhotse manifests"),
     "finetune": ("finetune_canary", "fine-tune a .nemo with LoRA and export a merged .nemo"),
     "demo": ("demo", "the embedded default end to end: build, fine-tune, export, verify"),
     "eval": ("eval", "WER/CER of a .nemo on a manifest, optionally against a baseline"),
