@@ -11,7 +11,10 @@ def run_main(main: Callable[[], int]) -> int:
     # NeMo and Lightning are chatty; keep their info lines out of the user's way unless asked for
     os.environ.setdefault("NEMO_LOG_LEVEL", "WARNING")
     os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+    from common.console import quiet, verbose_requested
     from common.errors import Interrupted, UserError
+
+    quiet(verbose=verbose_requested(sys.argv[1:]))
 
     try:
         return main() or 0

@@ -172,6 +172,7 @@ def prepare_training(r: Run) -> None:
     from common.training.callbacks import MetricsCallback
     from common.training.checkpoints import AtomicCheckpointIO, StepCheckpoint
     from common.training.signals import StopOnSignal
+    from common.training.status import StatusLine, wanted
     from common.training.trainer import make_logger, make_trainer
 
     cfg, paths = r.cfg, r.paths
@@ -182,8 +183,10 @@ def prepare_training(r: Run) -> None:
                  StepCheckpoint(dirpath=paths["checkpoints"], filename="step-{step}",
                                 every_n_train_steps=cfg.save_every, save_top_k=-1, save_last=True,
                                 save_on_train_epoch_end=False, auto_insert_metric_name=False)]
+    if cfg.status_seconds > 0 and wanted():
+        callbacks.append(StatusLine(callbacks[0], every_s=cfg.status_seconds))
     r.trainer = make_trainer(cfg, precision=r.precision, root=paths["root"], callbacks=callbacks,
-                             logger=make_logger(cfg.log, paths["root"]), plugins=[AtomicCheckpointIO()])
+                             logger=make_logger(cfg.log, paths["root"], cfg.to_dict()), plugins=[AtomicCheckpointIO()])
     pin = isinstance(r.trainer.accelerator, CUDAAccelerator)
     shard = dict(num_workers=cfg.num_workers, seed=cfg.seed, pin_memory=pin, world_size=r.trainer.world_size,
                  rank=r.trainer.global_rank)
