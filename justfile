@@ -51,6 +51,16 @@ win-dryrun *args: setup
 eval *args: setup
     {{python}} recipes/eval.py {{args}}
 
+# Transcribe a file, a folder or a manifest with a .nemo: one JSONL row per file (--out hyp.jsonl), WER/CER against a manifest's text
+[group('quality')]
+transcribe *args: setup
+    {{python}} recipes/transcribe.py {{args}}
+
+# Write a Hugging Face transformers folder from a .nemo (--nemo X --out DIR) and check it computes the same; --adapters for PEFT
+[group('quality')]
+export-hf *args: setup
+    {{python}} recipes/export_hf.py {{args}}
+
 # Check an export in a fresh process: restores, no LoRA left, outputs equal training (--against RUN_DIR|CKPT), WER
 [group('quality')]
 export-verify *args: setup

@@ -57,6 +57,7 @@ def test_quiet_run_with_status_lines_logs_to_wandb_offline(wandb_run):
     assert missing_from_wandb(root / "wandb_dir" / "wandb", STEP_KEYS + ("train_loss",)) == []
 
 
+@pytest.mark.slow
 def test_run_json_repeats_the_run_with_the_same_losses(wandb_run):
     """run.json given back as --config with a new --exp_dir (and other logging) trains the same steps."""
     root, _ = wandb_run
