@@ -13,7 +13,7 @@ from common.flags import add_flags, values_for
 from common.quality.transcribe import TranscribeSettings
 from recipes.entry import run_main
 
-SHARED = ("num_workers", "data_dir")  # declared by TrainConfig
+SHARED = ("num_workers",)  # declared by TrainConfig
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -22,7 +22,7 @@ def build_parser() -> argparse.ArgumentParser:
         description="Transcribe audio files with a Canary .nemo, in batches, longest first; audio longer than the "
                     "checkpoint's window (40 s for canary-1b-v2) is cut at pauses and the texts joined.")
     add_flags(p, TranscribeSettings)
-    add_flags(p, TrainConfig, only=SHARED + ("verbose",), group="data and console")
+    add_flags(p, TrainConfig, only=SHARED + ("verbose",), group="loading and console")
     return p
 
 

@@ -175,3 +175,14 @@ def test_cli_output_is_accepted_by_the_training_checks(folder, tmp_path, tiny_mo
     bad = subprocess.run([sys.executable, "recipes/manifest.py", "--tsv", str(tmp_path / "missing.tsv"), "--out",
                           str(out)], cwd=REPO, capture_output=True, text=True, timeout=60)
     assert bad.returncode == 2 and "missing.tsv not found" in bad.stderr and "Traceback" not in bad.stderr
+
+
+def test_console_command_lists_the_new_recipes():
+    """`canary-lora` (here through its module, which the installed script calls) dispatches to the new recipes."""
+    listing = subprocess.run([sys.executable, "-m", "recipes.cli", "--help"], cwd=REPO, capture_output=True,
+                             text=True, timeout=60)
+    assert listing.returncode == 0
+    assert all(f"  {name} " in listing.stdout for name in ("manifest", "transcribe", "export-hf"))
+    sub = subprocess.run([sys.executable, "-m", "recipes.cli", "manifest", "--help"], cwd=REPO, capture_output=True,
+                         text=True, timeout=60)
+    assert sub.returncode == 0 and "--audio_dir" in sub.stdout and "--split" in sub.stdout

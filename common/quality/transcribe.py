@@ -37,7 +37,6 @@ class TranscribeSettings:
                                    "(canary-1b-v2 does; the tiny default does not)")
     vs_nemo: bool = flag(False, "also time NeMo's own transcribe() on the same files and print both speeds")
     num_workers: int = 0
-    data_dir: str = "data"
 
 
 @dataclass
