@@ -31,6 +31,11 @@ test *args: setup
 test-all *args: setup
     {{python}} -m pytest -q -m "not gpu" {{args}}
 
+# Build a NeMo manifest from --audio_dir (with <name>.txt transcripts), --tsv (Common Voice) or --cuts (Lhotse); --split val=0.05
+[group('data')]
+manifest *args: setup
+    {{python}} recipes/manifest.py {{args}}
+
 # Fine-tune with the original command line (--nemo --train --val --bs --accum ...)
 [group('train')]
 finetune *args: setup
@@ -45,6 +50,16 @@ win-dryrun *args: setup
 [group('quality')]
 eval *args: setup
     {{python}} recipes/eval.py {{args}}
+
+# Transcribe a file, a folder or a manifest with a .nemo: one JSONL row per file (--out hyp.jsonl), WER/CER against a manifest's text
+[group('quality')]
+transcribe *args: setup
+    {{python}} recipes/transcribe.py {{args}}
+
+# Write a Hugging Face transformers folder from a .nemo (--nemo X --out DIR) and check it computes the same; --adapters for PEFT
+[group('quality')]
+export-hf *args: setup
+    {{python}} recipes/export_hf.py {{args}}
 
 # Check an export in a fresh process: restores, no LoRA left, outputs equal training (--against RUN_DIR|CKPT), WER
 [group('quality')]

@@ -21,7 +21,7 @@ BASE_DTYPES = ("auto", "fp32", "bf16")
 PRECISIONS = {"bf16": "bf16-mixed", "fp16": "16-mixed", "16": "16-mixed", "32": "32-true", "fp32": "32-true"}
 SELECT = ("best", "last")
 SCHEDULES = ("cosine", "linear", "constant")  # common.training.module.DECAY
-LOGGERS = ("csv", "tb", "none")
+LOGGERS = ("csv", "tb", "wandb", "none")
 
 DATA, BATCH, ADAPT, OPTIM, RUN = ("data and model", "batching and precision", "adapters",
                                   "optimization and devices", "run directory, checkpoints and export")
@@ -117,7 +117,11 @@ class TrainConfig:
     early_stop_patience: int = flag(0, "stop after N validation passes in a row without a better selection score, "
                                        "then export the best pass (0: off)", group=RUN)
     mem_report_steps: int = flag(50, "print [MEM:stepN] every N steps", group=RUN)
-    log: str = flag("csv", "training logger", group=RUN, choices=LOGGERS)
+    log: str = flag("csv", "training logger (wandb: WANDB_MODE=offline logs locally, under WANDB_DIR if set; "
+                           "`wandb sync` uploads later)", group=RUN, choices=LOGGERS)
+    status_seconds: float = flag(30.0, "when stderr is not a terminal (a log file, a pipe): a status line (step, loss, "
+                                       "audio s/s, ETA) at least this often, in seconds (0: none)", group=RUN)
+    verbose: bool = flag(False, "show NeMo's and Lightning's start-up messages and library warnings", group=RUN)
     # the chosen backend's own flags (see backends/<name>/config.py), filled by parse_args
     backend_options: dict = field(default_factory=dict)
 
@@ -141,7 +145,7 @@ POSITIVE = ("bs", "accum", "max_steps", "val_every_n_steps", "save_every", "lora
             "lora_alpha", "max_duration", "val_bs", "batch_duration", "vram_budget_gb", "max_train_cuts",
             "limit_val_batches", "stop_after_steps")
 NON_NEGATIVE = ("debug_linear", "mem_report_steps", "num_workers", "warmup_steps", "weight_decay", "grad_clip",
-                "early_stop_patience", "keep_last")
+                "early_stop_patience", "keep_last", "status_seconds")
 
 
 def validate(cfg: TrainConfig) -> TrainConfig:
@@ -186,6 +190,8 @@ def check_values(cfg: TrainConfig) -> list[str]:
         value = getattr(cfg, name)
         if value is not None and value not in allowed:
             problems.append(f"--{name} {value!r} is not one of {', '.join(allowed)}")
+    if cfg.log == "wandb":
+        problems += wandb_problems()
     if not cfg.full_finetune and cfg.backend not in registry.names():
         problems.append(f"--backend {cfg.backend!r} is not a backend; known: {', '.join(registry.names())}")
     if cfg.export_nemo and not cfg.export_nemo.endswith(".nemo"):
@@ -223,6 +229,26 @@ def mix_spec(spec: str) -> tuple[str, float]:
     return path, value
 
 
+def wandb_problems() -> list[str]:
+    """--log wandb without a way to log: wandb missing, or online mode with no key (it would prompt or hang)."""
+    import importlib.util
+    import os
+
+    if importlib.util.find_spec("wandb") is None:
+        return ["--log wandb: wandb is not installed; `pip install wandb`, or choose --log csv or tb"]
+    if os.environ.get("WANDB_MODE", "").lower() in ("offline", "disabled", "dryrun") or os.environ.get("WANDB_API_KEY"):
+        return []
+    netrc = os.path.join(os.path.expanduser("~"), "_netrc" if os.name == "nt" else ".netrc")
+    try:
+        with open(netrc, encoding="utf-8") as f:
+            if "api.wandb.ai" in f.read():
+                return []
+    except OSError:
+        pass
+    return ["--log wandb: no W&B API key (no WANDB_API_KEY, no `wandb login`); run `wandb login`, or set "
+            "WANDB_MODE=offline to log locally and `wandb sync` the run later"]
+
+
 def _backend_option_problems(cfg: TrainConfig) -> list[str]:
     """The chosen backend's own options must build its options dataclass (which checks their values)."""
     if cfg.full_finetune or cfg.backend not in registry.names():
@@ -245,6 +271,8 @@ def build_parser(prog: str = "finetune_canary.py", *, defaults: dict | None = No
         description="LoRA fine-tuning of a Canary (NeMo EncDecMultiTaskModel) .nemo on JSONL manifests; "
                     "exports a merged .nemo that loads with EncDecMultiTaskModel.restore_from().")
     add_flags(p, TrainConfig, defaults=defaults)
+    p.add_argument("--config", metavar="FILE.yaml", help="take flags from a YAML file (flag names as keys; a run's "
+                   "run.json works too, to repeat it); flags on the command line win")
     for action in p._actions:  # the choices of --backend are whatever folders backends/ holds
         if action.dest == "backend":
             action.help = f"{action.help}: {', '.join(registry.names())}"
@@ -263,7 +291,17 @@ def config_from(namespace) -> TrainConfig:
 
 
 def parse_args(argv: list[str] | None = None, parser: argparse.ArgumentParser | None = None) -> TrainConfig:
+    import sys
+
+    from common.flags import defaults_from_file
+
     parser = parser or build_parser()
+    argv = list(sys.argv[1:] if argv is None else argv)
+    config_file = argparse.ArgumentParser(add_help=False)
+    config_file.add_argument("--config")
+    given = config_file.parse_known_args(argv)[0].config
+    if given:
+        parser.set_defaults(**defaults_from_file(given, parser, nested=("backend_options",)))
     return validate(config_from(parser.parse_args(argv)))
 
 

@@ -116,3 +116,70 @@ def to_argv(obj, *, skip: Iterable[str] = ()) -> list[str]:
         elif value is not None:
             argv += [f"--{f.name}", str(value)]
     return argv
+
+
+def defaults_from_file(path: str, parser: argparse.ArgumentParser, *, nested: Iterable[str] = ()) -> dict[str, Any]:
+    """Flag values from a YAML (or JSON) file whose keys are flag names, checked against `parser`'s flags.
+
+    A run's `run.json` works as is (its `settings` are the flags); the keys in `nested` are dicts whose items are
+    flags too (a backend's options). Every unknown key and bad value is reported in one `UserError`. The values
+    become the parser's defaults, so flags given on the command line win.
+    """
+    from pathlib import Path
+
+    import yaml
+
+    from common.errors import UserError
+
+    file = Path(path).expanduser()
+    try:
+        data = yaml.safe_load(file.read_text(encoding="utf-8"))
+    except OSError as e:
+        raise UserError(f"--config {path}: cannot read it ({e.strerror or e}); pass a YAML file of flag values") from None
+    except yaml.YAMLError as e:
+        raise UserError(f"--config {path}: not valid YAML ({e})") from None
+    if isinstance(data, dict) and isinstance(data.get("settings"), dict):
+        data = data["settings"]  # a run's run.json
+    if not isinstance(data, dict):
+        raise UserError(f"--config {path}: expected a mapping of flag names to values, e.g. `bs: 4`")
+    for key in nested:
+        data = {**{k: v for k, v in data.items() if k != key}, **(data.get(key) or {})}
+    actions = {a.dest: a for a in parser._actions if a.dest not in ("help", "config")}
+    values: dict[str, Any] = {}
+    problems: list[str] = []
+    for key, value in data.items():
+        name = str(key).lstrip("-").replace("-", "_")
+        if name not in actions:
+            problems.append(f"{key!r} is not a flag of this command")
+            continue
+        values[name] = _file_value(actions[name], name, value, problems)
+    if problems:
+        raise UserError(f"--config {path}:\n" + "\n".join(f"  - {p}" for p in problems) +
+                        "\n(keys are flag names without dashes, as in `--help`)")
+    return values
+
+
+def _file_value(action: argparse.Action, name: str, value: Any, problems: list[str]) -> Any:
+    """`value` as the flag would hold it after parsing, or a problem."""
+    if value is None:
+        return None
+    if isinstance(action, (argparse._StoreTrueAction, argparse._StoreFalseAction, argparse.BooleanOptionalAction)):
+        if not isinstance(value, bool):
+            problems.append(f"{name}: expected true or false, got {value!r}")
+        return value
+    if isinstance(action, argparse._AppendAction):
+        items = value if isinstance(value, (list, tuple)) else [value]
+        return [_file_value(argparse.Action([], name, type=action.type), name, v, problems) for v in items]
+    kind = action.type
+    try:
+        if isinstance(value, bool) or (kind in (int, float) and not isinstance(value, (int, float, str))):
+            raise ValueError
+        out = kind(value) if kind is not None else value
+        if kind is int and isinstance(value, float) and value != out:
+            raise ValueError
+    except (TypeError, ValueError):
+        problems.append(f"{name}: expected {getattr(kind, '__name__', 'a value')}, got {value!r}")
+        return value
+    if action.choices and out not in action.choices:
+        problems.append(f"{name}: {out!r} is not one of {', '.join(map(str, action.choices))}")
+    return out

@@ -10,10 +10,13 @@ import sys
 
 # subcommand -> (recipe module, what it does); the names follow the justfile's recipes
 COMMANDS = {
+    "manifest": ("manifest", "a NeMo manifest from a folder, a Common Voice TSV or Lhotse manifests"),
     "finetune": ("finetune_canary", "fine-tune a .nemo with LoRA and export a merged .nemo"),
     "demo": ("demo", "the embedded default end to end: build, fine-tune, export, verify"),
     "eval": ("eval", "WER/CER of a .nemo on a manifest, optionally against a baseline"),
     "export-verify": ("export_verify", "restore an export in a fresh process and compare it with training"),
+    "transcribe": ("transcribe", "transcribe a file, a folder or a manifest: one JSONL row per file"),
+    "export-hf": ("export_hf", "a transformers CanaryForConditionalGeneration folder from a .nemo, checked"),
     "parity": ("parity", "compare the backends on the tiny default"),
     "bench": ("bench", "speed and memory per backend on synthetic speech"),
     "tune-batch": ("tune_batch", "the fastest --bs/--accum that fits a memory budget"),

@@ -12,7 +12,10 @@ def run_main(main: Callable[[], int]) -> int:
     os.environ.setdefault("NEMO_LOG_LEVEL", "WARNING")
     os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
     from common.atomic import no_space_error
+    from common.console import quiet, verbose_requested
     from common.errors import Interrupted, UserError
+
+    quiet(verbose=verbose_requested(sys.argv[1:]))
 
     try:
         return main() or 0

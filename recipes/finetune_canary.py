@@ -8,12 +8,14 @@ from __future__ import annotations
 import sys
 
 from common.config import parse_args
+from common.console import quiet
 from common.import_guard import guard_portable_path
 from recipes.entry import run_main
 
 
 def main(argv: list[str] | None = None) -> int:
     cfg = parse_args(argv)
+    quiet(verbose=cfg.verbose)  # a --config file may ask for it too
     guard_portable_path(cfg)  # before NeMo loads: see common/import_guard.py
     from common.training.run import run
 

@@ -87,3 +87,12 @@ def fast_tiny_path(tiny_model_path, tmp_path_factory) -> Path:
         return cfg
 
     return rewrite_nemo(tiny_model_path, tmp_path_factory.mktemp("fast-tiny") / "canary-tiny-fast.nemo", config=cap)
+
+
+@pytest.fixture(scope="session")
+def base_nemo_path() -> Path:
+    """The embedded default's pretrained base (it transcribes the demo speech): cached in .cache/, built by the
+    demo (about 8 minutes on 2 CPU cores the first time)."""
+    from common.embedded.default import ensure_embedded
+
+    return ensure_embedded(pretrain=True).base_nemo

@@ -16,7 +16,7 @@ MAX_LINES = 400
 
 # common/'s floors, lowest first: a module may import its own floor and the ones below, never one above
 GROUND = {"errors", "atomic", "fmt", "messages", "telemetry", "flags", "config", "import_guard", "rundir",
-          "checkpoint_files"}
+          "checkpoint_files", "console"}
 FLOORS = ("ground", "data", "model", "quality", "training")
 WINGS = ("bench", "embedded")  # they may import the core; nothing in the core imports them
 

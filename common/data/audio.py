@@ -27,8 +27,10 @@ class _Audio:
 _NOT_FOUND = "not found"
 
 
-def probe_all(paths: list[str]) -> dict[str, _Audio | str]:
-    """Header facts per unique path, or the reason it can't be used; threaded since it is I/O bound."""
+def probe_all(paths: list[str], progress: str | None = None) -> dict[str, _Audio | str]:
+    """Header facts per unique path, or the reason it can't be used; threaded since it is I/O bound.
+
+    `progress`: a label for a progress bar on stderr (a corpus of thousands of files takes a while)."""
     try:
         import soundfile
     except (ImportError, OSError) as e:
@@ -37,10 +39,27 @@ def probe_all(paths: list[str]) -> dict[str, _Audio | str]:
             "(it needs the libsndfile library)"
         ) from None
     unique = list(dict.fromkeys(paths))
+    if progress is not None:
+        return _probe_with_bar(soundfile, unique, progress)
     if len(unique) <= 4:
         return {p: _probe_one(soundfile, p) for p in unique}
     with ThreadPoolExecutor(max_workers=min(PROBE_THREADS, len(unique))) as pool:
         return dict(zip(unique, pool.map(lambda p: _probe_one(soundfile, p), unique)))
+
+
+def _probe_with_bar(soundfile: Any, unique: list[str], label: str) -> dict[str, _Audio | str]:
+    import sys
+
+    from tqdm import tqdm
+
+    with tqdm(total=len(unique), desc=label, unit="file", file=sys.stderr, dynamic_ncols=True) as bar, \
+            ThreadPoolExecutor(max_workers=max(1, min(PROBE_THREADS, len(unique)))) as pool:
+        def one(path: str) -> _Audio | str:
+            out = _probe_one(soundfile, path)
+            bar.update(1)
+            return out
+
+        return dict(zip(unique, pool.map(one, unique)))
 
 
 def _probe_one(soundfile: Any, path: str) -> _Audio | str:

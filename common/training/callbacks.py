@@ -113,14 +113,23 @@ class MetricsCallback(Callback):
             self.audio_seconds += audio_s
             step = p["step"]
             if trainer.global_rank == 0:  # one writer for metrics.jsonl and the MEM lines
-                self.metrics.write("train", step=step, loss=mean_loss, lr=p["lr"], audio_s=round(audio_s, 3),
-                                   mem_gb=round(p["mem"], 4), peak_gb=round(p["peak"], 4), epoch=p["epoch"],
-                                   **({"grad_norm": round(grad_norm, 6)} if grad_norm is not None else {}))
+                record = dict(loss=mean_loss, lr=p["lr"], audio_s=round(audio_s, 3), mem_gb=round(p["mem"], 4),
+                              peak_gb=round(p["peak"], 4), **({"grad_norm": round(grad_norm, 6)}
+                                                              if grad_norm is not None else {}))
+                self.metrics.write("train", step=step, epoch=p["epoch"], **record)
+                to_loggers(trainer.loggers, step, record)
                 if self.mem_every and step % self.mem_every == 0:
                     print(mem_line(f"step{step}", memory_snapshot()), flush=True)
             if not math.isfinite(mean_loss):
                 raise NonFiniteLoss(step, mean_loss)
         self.last_loss = mean_loss
+
+
+def to_loggers(loggers, step: int, record: dict) -> None:
+    """A step's figures to every Lightning logger (csv, tb, wandb) as `train/<name>`; the loss also goes there as
+    `train_loss`, logged by Lightning."""
+    for logger in loggers:
+        logger.log_metrics({f"train/{k}": v for k, v in record.items() if k != "loss"}, step=step)
 
 
 def oom_message(cfg) -> str:

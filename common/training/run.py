@@ -199,6 +199,7 @@ def prepare_training(r: Run) -> None:
     from common.training.mixing import MixShares
     from common.training.selection import Selection
     from common.training.signals import StopOnSignal
+    from common.training.status import StatusLine, wanted
     from common.training.trainer import make_logger, make_trainer
 
     cfg, paths = r.cfg, r.paths
@@ -214,8 +215,10 @@ def prepare_training(r: Run) -> None:
                                 keep_last=cfg.keep_last)]
     if r.data.mixed:  # counted before the stopper's interrupt checkpoint, which then holds this batch's counts
         callbacks.insert(1, MixShares(r.data, r.metrics, every=cfg.val_every_n_steps, into=r.stats))
+    if cfg.status_seconds > 0 and wanted():
+        callbacks.append(StatusLine(callbacks[0], every_s=cfg.status_seconds))
     r.trainer = make_trainer(cfg, precision=r.precision, root=paths["root"], callbacks=callbacks,
-                             logger=make_logger(cfg.log, paths["root"]), plugins=[AtomicCheckpointIO()])
+                             logger=make_logger(cfg.log, paths["root"], cfg.to_dict()), plugins=[AtomicCheckpointIO()])
     pin = isinstance(r.trainer.accelerator, CUDAAccelerator)
     shard = dict(num_workers=cfg.num_workers, seed=cfg.seed, pin_memory=pin, world_size=r.trainer.world_size,
                  rank=r.trainer.global_rank)

@@ -40,13 +40,28 @@ def make_trainer(cfg: TrainConfig, *, precision: str, root: Path, callbacks: lis
     return pl.Trainer(**settings)
 
 
-def make_logger(kind: str, root: Path):
+def make_logger(kind: str, root: Path, settings: dict | None = None):
+    """The --log logger; `settings` (the run's flags) are recorded as its hyperparameters."""
     if kind == "none":
         return False
     if kind == "tb":
         from lightning.pytorch.loggers import TensorBoardLogger
 
-        return TensorBoardLogger(str(root), name="logs", version="")
-    from lightning.pytorch.loggers import CSVLogger
+        logger = TensorBoardLogger(str(root), name="logs", version="")
+    elif kind == "wandb":
+        from lightning.pytorch.loggers import WandbLogger
 
-    return CSVLogger(str(root), name="logs", version="")
+        # WANDB_MODE=offline writes the run under WANDB_DIR (else the run directory); `wandb sync` uploads it
+        logger = WandbLogger(project=os.environ.get("WANDB_PROJECT", "canary-lora"), name=Path(root).name,
+                             save_dir=os.environ.get("WANDB_DIR") or str(root))
+        run_dir = Path(logger.experiment.dir).parent
+        offline = logger.experiment.settings.mode == "offline"
+        print(f"[log] wandb run {run_dir}" + (f" (offline; `wandb sync {run_dir}` uploads it)" if offline else ""),
+              flush=True)
+    else:
+        from lightning.pytorch.loggers import CSVLogger
+
+        logger = CSVLogger(str(root), name="logs", version="")
+    if settings:
+        logger.log_hyperparams({k: v for k, v in settings.items() if isinstance(v, (int, float, str, bool))})
+    return logger
