@@ -127,18 +127,45 @@ def test_lora_together_equals_separate_calls_and_falls_back_where_it_cannot_fuse
 def test_normalization_without_the_host_sync_gives_nemo_s_numbers():
     from nemo.collections.asr.parts.preprocessing import features
 
-    from common.model.speedups import _normalize_batch
+    from common.model.speedups import _normalize_batch, _without_sync
 
     _normalize_batch.nemo = features.normalize_batch if features.normalize_batch is not _normalize_batch else \
         _normalize_batch.nemo
     torch.manual_seed(0)
     x = torch.randn(4, 8, 30)
     seq_len = torch.tensor([30, 17, 2, 1])  # a one-frame clip: its deviation guarded to 0
-    ours = _normalize_batch(x, seq_len, "per_feature")
+    ours = _without_sync(_normalize_batch, x, seq_len, "per_feature")
     theirs = _normalize_batch.nemo(x, seq_len, "per_feature")
     assert all(torch.equal(a, b) for a, b in zip(ours, theirs)) and torch.isfinite(ours[0]).all()
-    assert all(torch.equal(a, b) for a, b in zip(_normalize_batch(x, seq_len, "all_features"),
+    assert all(torch.equal(a, b) for a, b in zip(_without_sync(_normalize_batch, x, seq_len, "all_features"),
                                                  _normalize_batch.nemo(x, seq_len, "all_features")))
+
+
+def test_nosync_reaches_only_the_model_it_was_applied_to(tiny_model_path):
+    from nemo.collections.asr.parts.preprocessing import features
+
+    from common.model.speedups import _NO_SYNC, apply_speedups
+    from tests.conftest import restore_tiny
+
+    fast, plain = restore_tiny(tiny_model_path), restore_tiny(tiny_model_path)
+    apply_speedups(fast, None, ("nosync",))
+    seen = []
+    nemo = features.normalize_batch.nemo
+
+    def spy(*args):
+        seen.append(getattr(_NO_SYNC, "on", False))
+        return nemo(*args)
+
+    features.normalize_batch.nemo = spy  # what the wrapper hands over to when the model did not ask for nosync
+    try:
+        audio, lengths = torch.randn(1, 16000), torch.tensor([16000])
+        for model in (fast, plain):
+            model.eval()
+            model.preprocessor(input_signal=audio, length=lengths)
+    finally:
+        features.normalize_batch.nemo = nemo
+    assert seen == [False]  # only the plain model's features went through NeMo's own function
+    assert fast.encoder.sync_max_audio_length is False and plain.encoder.sync_max_audio_length is True
 
 
 def test_speedup_and_compile_flags_are_checked_before_any_model_loads():

@@ -19,6 +19,7 @@ run turns them on with `--speedups NAME[,NAME]`:
 from __future__ import annotations
 
 import functools
+import threading
 
 import torch
 import torch.nn.functional as F
@@ -174,22 +175,37 @@ def fuse_projections(model, backend) -> str:
 
 
 # ---- host syncs --------------------------------------------------------------------------------------------
+_NO_SYNC = threading.local()  # set while a model with `nosync` computes its features
+
+
 def no_host_syncs(model, backend) -> str:
     from nemo.collections.asr.parts.preprocessing import features
 
     if features.normalize_batch is not _normalize_batch:
         _normalize_batch.nemo = features.normalize_batch
         features.normalize_batch = _normalize_batch  # read as a global by FilterbankFeatures.forward
+    featurizer = getattr(getattr(model, "preprocessor", None), "featurizer", None)
+    if featurizer is not None:  # only this model's preprocessor skips the read: other models keep NeMo's
+        featurizer.forward = functools.partial(_without_sync, featurizer.forward)
     encoder = getattr(model, "encoder", None)
     if hasattr(encoder, "sync_max_audio_length"):
         encoder.sync_max_audio_length = False
     return "the preprocessor's one-frame check and the encoder's DDP length all-reduce no longer sync the host"
 
 
+def _without_sync(forward, *args, **kwargs):
+    _NO_SYNC.on = True
+    try:
+        return forward(*args, **kwargs)
+    finally:
+        _NO_SYNC.on = False
+
+
 def _normalize_batch(x, seq_len, normalize_type):
-    """NeMo's `normalize_batch` without its per-step device read (`torch.any(seq_len == 1).item()`, on CUDA
-    only): the same numbers, a one-frame clip included (its deviation is guarded to 0, as NeMo does)."""
-    if normalize_type != "per_feature":
+    """NeMo's `normalize_batch`, without its per-step device read (`torch.any(seq_len == 1).item()`, on CUDA
+    only) for the models `no_host_syncs` set up: the same numbers, a one-frame clip included (its deviation is
+    guarded to 0, as NeMo does)."""
+    if normalize_type != "per_feature" or not getattr(_NO_SYNC, "on", False):
         return _normalize_batch.nemo(x, seq_len, normalize_type)
     batch_size, max_time = x.shape[0], x.shape[2]
     time_steps = torch.arange(max_time, device=x.device).unsqueeze(0).expand(batch_size, max_time)
