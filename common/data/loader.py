@@ -100,6 +100,7 @@ class LoaderSettings:
     rank: int = 0
     drop_last: bool = False  # drop a short last batch (benchmarks: a new shape would recompile a compiled model)
     pin_memory: bool = False  # batches in pinned host memory, for fast asynchronous copies to a CUDA device
+    sort_by_duration: bool = False  # evaluation: longest clips first, so each batch pads little
 
 
 def make_loader(cuts_path: Path, tokenizer, prompt, settings: LoaderSettings, *, train: bool):
@@ -110,6 +111,8 @@ def make_loader(cuts_path: Path, tokenizer, prompt, settings: LoaderSettings, *,
     from nemo.collections.asr.data.audio_to_text_lhotse_prompted import PromptedAudioToTextLhotseDataset
 
     cuts = CutSet.from_file(cuts_path).to_eager()
+    if settings.sort_by_duration and not train:
+        cuts = cuts.sort_by_duration(ascending=False)
     common = dict(world_size=settings.world_size, rank=settings.rank, seed=settings.seed)
     if train and settings.batch_duration:
         sampler = DynamicBucketingSampler(cuts, max_duration=settings.batch_duration,
