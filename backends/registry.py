@@ -95,7 +95,11 @@ class Applied:
 
 @runtime_checkable
 class AdapterBackend(Protocol):
-    """What the training core needs from a backend. Backends are plain objects, no shared base class."""
+    """What the training core needs from a backend. Backends are plain objects, no shared base class.
+
+    Optional, asked for with `getattr`: `shared_input(modules) -> callable | None`, a function computing the
+    outputs of several adapted layers that share one input (attention's q, k and v) in fewer matrix products,
+    for `--speedups qkv`; a backend without it computes them one by one."""
 
     name: str  # set by the registry: the backend's folder name
     mergeable: bool  # False: the export keeps the adapter modules

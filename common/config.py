@@ -22,6 +22,9 @@ PRECISIONS = {"bf16": "bf16-mixed", "fp16": "16-mixed", "16": "16-mixed", "32": 
 SELECT = ("best", "last")
 SCHEDULES = ("cosine", "linear", "constant")  # common.training.module.DECAY
 LOGGERS = ("csv", "tb", "wandb", "none")
+COMPILE_BACKENDS = ("inductor", "cudagraphs")
+# --speedups: changes to the training step that leave its numbers as they were (common.model.speedups)
+SPEEDUPS = ("sdpa", "qkv", "nosync")
 
 DATA, BATCH, ADAPT, OPTIM, RUN = ("data and model", "batching and precision", "adapters",
                                   "optimization and devices", "run directory, checkpoints and export")
@@ -66,6 +69,10 @@ class TrainConfig:
                 "weights", group=BATCH, choices=BASE_DTYPES)
     vram_budget_gb: float | None = flag(None, "cap the CUDA allocator to this many GB, to behave like a smaller card",
                                         group=BATCH)
+    grad_ckpt: bool = flag(
+        False, "recompute each encoder and decoder layer in the backward pass instead of keeping its activations: "
+               "much less memory (a larger --bs, or longer clips, on a 12 GB card) for about a third more compute; "
+               "works with --compile", group=BATCH)
     # ---- adapters
     backend: str = flag(registry.DEFAULT, "adapter implementation (one folder under backends/ each)", group=ADAPT)
     full_finetune: bool = flag(False, "train every weight instead of adapters (reference mode; no backend)",
@@ -93,6 +100,15 @@ class TrainConfig:
         True, "with --compile on a GPU: replay the compiled layers as CUDA graphs, with each batch padded to whole "
               "seconds of audio (a little more, for an encoder length that is a multiple of 8) and multiples of 16 "
               "tokens (--no-cuda_graphs: compiled kernels only)", group=OPTIM)
+    compile_backend: str = flag(
+        "inductor", "with --compile: inductor (fused kernels; needs triton on a GPU) or cudagraphs (the layers "
+                    "replayed as CUDA graphs without Inductor or triton, e.g. on Windows)", group=OPTIM,
+        choices=COMPILE_BACKENDS)
+    speedups: str | None = flag(
+        None, "comma-separated changes to the training step that leave its numbers the same, for `just bench` to "
+              "compare (e.g. --configs linear:32+sdpa): sdpa (fused attention kernels), qkv (one projection, and one "
+              "LoRA A, for q/k/v of one input; linear backend), nosync (no host sync per step in NeMo's "
+              "preprocessor or, with DDP, its length check); 'all' for every one", group=OPTIM, type=str)
     devices: int = flag(1, "GPUs per node (DDP when > 1)", group=OPTIM)
     num_nodes: int = flag(1, "machines (DDP via torchrun/SLURM)", group=OPTIM)
     # ---- run directory, checkpoints and export
@@ -130,6 +146,11 @@ class TrainConfig:
         if not self.lora_targets:
             return None
         return tuple(t.strip() for t in self.lora_targets.split(",") if t.strip())
+
+    @property
+    def speedup_names(self) -> tuple[str, ...]:
+        names = tuple(n.strip() for n in (self.speedups or "").split(",") if n.strip())
+        return SPEEDUPS if "all" in names else names
 
     def adapter_spec(self) -> registry.AdapterSpec:
         return registry.AdapterSpec(r=self.lora_r, alpha=self.lora_alpha, dropout=self.lora_dropout,
@@ -194,6 +215,7 @@ def check_values(cfg: TrainConfig) -> list[str]:
         problems += wandb_problems()
     if not cfg.full_finetune and cfg.backend not in registry.names():
         problems.append(f"--backend {cfg.backend!r} is not a backend; known: {', '.join(registry.names())}")
+    problems += _step_problems(cfg)
     if cfg.export_nemo and not cfg.export_nemo.endswith(".nemo"):
         problems.append(f"--export_nemo must end with .nemo, got {cfg.export_nemo!r}")
     for spec in cfg.mix:
@@ -247,6 +269,21 @@ def wandb_problems() -> list[str]:
         pass
     return ["--log wandb: no W&B API key (no WANDB_API_KEY, no `wandb login`); run `wandb login`, or set "
             "WANDB_MODE=offline to log locally and `wandb sync` the run later"]
+
+
+def _step_problems(cfg: TrainConfig) -> list[str]:
+    """--speedups names and --compile_backend against --compile and --cuda_graphs."""
+    problems = []
+    unknown = [n for n in cfg.speedup_names if n not in SPEEDUPS]
+    if unknown:
+        problems.append(f"--speedups: unknown {', '.join(map(repr, unknown))}; choose from {', '.join(SPEEDUPS)} "
+                        f"or all, comma-separated")
+    if cfg.compile_backend not in COMPILE_BACKENDS:
+        problems.append(f"--compile_backend {cfg.compile_backend!r} is not one of {', '.join(COMPILE_BACKENDS)}")
+    elif cfg.compile_backend == "cudagraphs" and not (cfg.compile and cfg.cuda_graphs):
+        problems.append("--compile_backend cudagraphs replays the layers as CUDA graphs: it needs --compile (and not "
+                        "--no-cuda_graphs)")
+    return problems
 
 
 def _backend_option_problems(cfg: TrainConfig) -> list[str]:

@@ -6,7 +6,8 @@ try/except), and torch probes triton when `torch._dynamo` loads. Where such a pa
 pages of errors. Marking the names as absent in `sys.modules` before anything heavy loads makes every such
 import fail at once with ImportError, before any finder looks at the disk; the probes then take their
 "not installed" branch. `torch.compile` needs triton on a GPU, so a run with --compile is left alone, as are
-backends that are not portable.
+backends that are not portable. `--compile_backend cudagraphs` needs no triton (CUDA graphs without Inductor),
+so it stays on the Windows path.
 """
 from __future__ import annotations
 
@@ -28,10 +29,12 @@ def block(names: Sequence[str] = BLOCKED) -> list[str]:
 
 
 def is_portable_path(cfg) -> bool:
-    """Whether a training run takes the Windows path: a portable backend (or full fine-tuning), no --compile."""
+    """Whether a training run takes the Windows path: a portable backend (or full fine-tuning), and no --compile
+    or one that needs no triton (--compile_backend cudagraphs)."""
     from backends import registry
 
-    return not cfg.compile and (cfg.full_finetune or registry.is_portable(cfg.backend))
+    no_triton = not cfg.compile or getattr(cfg, "compile_backend", "inductor") == "cudagraphs"
+    return no_triton and (cfg.full_finetune or registry.is_portable(cfg.backend))
 
 
 def guard_portable_path(cfg) -> list[str]:

@@ -69,10 +69,11 @@ class MetricsLog:
         self.path.parent.mkdir(parents=True, exist_ok=True)
         self.t0 = time.time()
 
-    def write(self, kind: str, **fields) -> None:
+    def write(self, kind: str, *, at: float | None = None, **fields) -> None:
+        """`at`: when the event happened (a `time.time()` value) if not now, e.g. a training step read later."""
         from common.atomic import no_space_error
 
-        record = {"kind": kind, "time_s": round(time.time() - self.t0, 3), **fields}
+        record = {"kind": kind, "time_s": round((time.time() if at is None else at) - self.t0, 3), **fields}
         try:
             with open(self.path, "a", encoding="utf-8") as f:
                 f.write(json.dumps(record, ensure_ascii=False) + "\n")

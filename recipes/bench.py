@@ -8,7 +8,11 @@
 
 The GPU suite runs, in order: (bench) the table above; (env12) the bs/accum ladder under an 11 GB cap for 10 s
 and 20 s clips; (env48) 20 s clips at bs 8, 12 and the largest that fits 48 GB, for linear and nemo; (env48c) the
-same with the layers compiled; (perf, only when named) the before/after rows of docs/performance.md. --profile
+same with the layers compiled; and, only when named: (perf) the before/after rows of docs/performance.md; (ddp) the
+training CLI on 1 and 2 GPUs; (firststep) the first compiled step with a cold and a warm cache; (win12) the 12 GB
+Windows path, triton blocked (on its own); (eval) `just eval` against NeMo's transcribe(). Rows may add options:
+`--configs linear:32+sdpa+qkv` (--speedups names, +ckpt, +cudagraphs), and `peer`/`peer-forward` are the
+transformers + PEFT port of the same shape. --profile
 DIR writes Lightning's per-action host times of each training configuration. Both files are rewritten after every
 configuration and configurations past --deadline_s are skipped, so a run cut short still leaves what it measured. Pick parts with --sections: the first
 three take about 7 minutes on an H100; compiling costs a minute or more per configuration, so under a 10-minute
@@ -48,7 +52,11 @@ def parse(argv: list[str] | None):
     p.add_argument("--largest", default=None,
                    help="with --gpu-suite: largest batch per backend for env48c when env48 ran in an earlier call, "
                         "e.g. linear:40,nemo:56")
-    p.add_argument("--out", default="exp/bench", help="where the tables go (only the tables)")
+    p.add_argument("--out", default="exp/bench", help="where the tables go (only the tables; the ddp and firststep "
+                                                        "sections add their processes' logs under logs/)")
+    p.add_argument("--ddp_devices", default=None,
+                   help="with --sections ddp: device counts to run the CLI on, e.g. 1,2 (default: 1,2 with two GPUs, "
+                        "else 1)")
     p.add_argument("--profile", default=None, metavar="DIR",
                    help="for every training configuration, write to DIR Lightning's host time per action "
                         "(fit-<config>.txt: where a launch-bound step spends its time) and a torch.profiler summary "
@@ -66,12 +74,19 @@ def parse(argv: list[str] | None):
                         "--gpu-suite, for a 10-minute limit; none otherwise)")
     args = p.parse_args(argv)
     args.t_start = T_START
+    # the commands the process sections start (the wing never imports recipes/)
+    args.train_command = [sys.executable, "-m", "recipes.finetune_canary"]
+    args.bench_command = [sys.executable, "-m", "recipes.bench"]
     return args
 
 
 def main(argv: list[str] | None = None) -> int:
     args = parse(argv)
     if args.gpu_suite:
+        if "win12" in args.sections.split(","):
+            from common.import_guard import block
+
+            block()  # before torch loads anything that probes triton: the process runs as on Windows
         return gpu_suite(args)
     from common.bench.measure import add_forward_ratios
     from common.bench.tables import markdown_table, write_table

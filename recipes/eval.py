@@ -16,7 +16,7 @@ from common.flags import add_flags, values_for
 from common.quality.evaluate import EvalSettings
 from recipes.entry import run_main
 
-SHARED = ("max_duration", "skip_bad", "data_dir", "num_workers")  # declared by TrainConfig
+SHARED = ("max_duration", "skip_bad", "data_dir", "num_workers", "precision")  # declared by TrainConfig
 
 
 def build_parser() -> argparse.ArgumentParser:

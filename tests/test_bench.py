@@ -136,18 +136,20 @@ def test_bench_tiny(tmp_path):
     run_recipe("bench.py", "--tiny", "--out", str(out), "--work", str(tmp_path / "work"))
     assert sorted(p.name for p in out.iterdir()) == ["bench.csv", "bench.json", "bench.md"]
     rows = json.loads((out / "bench.json").read_text(encoding="utf-8"))["rows"]
-    assert {"linear", "full", "forward"} <= {r["mode"] for r in rows}
+    assert {"linear", "full", "forward", "peer", "peer-forward"} <= {r["mode"] for r in rows}
     assert any(r["batch_duration"] for r in rows) and any("search" in r["label"] for r in rows)
     for r in rows:
         assert r["status"] == "ok", r
         for key in ("median_step_s", "first_step_s", "audio_s_per_s", "peak_gb"):
             assert positive(r[key]), (key, r)
-        assert r["trainable_params"] == 0 if r["mode"] == "forward" else positive(r["trainable_params"])
-    assert all(positive(r["step_over_fwd"]) for r in rows if r["mode"] == "linear" and r["bs"] in (2, 4))
+        assert r["trainable_params"] == 0 if "forward" in r["mode"] else positive(r["trainable_params"])
+    assert all(positive(r["step_over_fwd"]) for r in rows if r["mode"] in ("linear", "peer") and r["bs"] in (2, 4))
+    # the same-run ratio against transformers + PEFT, for every training and forward row of ours at those sizes
+    assert all(positive(r["vs_peer"]) for r in rows if r["mode"] in ("linear", "forward") and r["bs"] in (2, 4))
     table = list(csv.DictReader((out / "bench.csv").open(encoding="utf-8")))
     assert len(table) == len(rows) and all(positive(r["audio_s_per_s"]) for r in table)
     md = (out / "bench.md").read_text(encoding="utf-8")
-    assert "CPU (" in md and "| linear bs2 |" in md
+    assert "CPU (" in md and "| linear bs2 |" in md and "| peer bs2 |" in md and "ours/peer" in md
 
 
 def test_bench_accumulates_micro_batches_and_names_bad_configs(tmp_path):
@@ -162,6 +164,12 @@ def test_bench_accumulates_micro_batches_and_names_bad_configs(tmp_path):
     assert bad.returncode != 0
     for problem in ("'forward:2x2': a forward pass accumulates nothing", "'linear:2x0': after ':' give a positive",
                     "'lora': unknown mode 'lora'"):
+        assert problem in bad.stdout + bad.stderr, problem
+    bad = subprocess.run([sys.executable, "recipes/bench.py", "--tiny", "--configs", "linear:2+flash",
+                          "--out", str(tmp_path / "bad"), "--work", str(tmp_path / "work")],
+                         cwd=REPO, env=ENV, capture_output=True, text=True, timeout=300)
+    assert bad.returncode != 0
+    for problem in ("'linear:2+flash': unknown option flash after '+' (known: sdpa, qkv, nosync, ckpt, cudagraphs",):
         assert problem in bad.stdout + bad.stderr, problem
 
 
@@ -281,3 +289,22 @@ def test_bench_config_names_every_bad_field():
     assert "--base_dtype 'fp16' is not one of auto, fp32, bf16" in text
     assert "compile applies to training steps only" in text
     assert BenchConfig("linear", 8, compile=True, base_dtype="fp32").label == "linear bs8 compile fp32-base"
+
+
+def test_configs_take_speedups_checkpointing_and_the_graphs_backend_per_row():
+    from common.bench.suite import TINY, option_settings, parse_configs
+
+    spec = "linear:4+sdpa+qkv,linear:4,peer:4,forward:2+sdpa,linear:2+ckpt+cudagraphs"
+    items, largest, bucketed = parse_configs(spec, TINY)
+    assert not largest and not bucketed
+    # by batch size, in the order given within one size
+    assert items == [("forward", 2, 1, ("sdpa",)), ("linear", 2, 1, ("ckpt", "cudagraphs")),
+                     ("linear", 4, 1, ("sdpa", "qkv")), ("linear", 4, 1, ()), ("peer", 4, 1, ())]
+    assert option_settings(("ckpt", "cudagraphs")) == {"speedups": (), "grad_ckpt": True,
+                                                       "compile_backend": "cudagraphs", "compile": True}
+    from common.bench.config import BenchConfig
+
+    cfg = BenchConfig("linear", 8, **option_settings(("sdpa", "nosync", "ckpt", "cudagraphs")))
+    assert cfg.label == "linear bs8 compile cudagraphs-backend +sdpa +nosync +ckpt"
+    train = cfg.train_config(max_steps=1)
+    assert (train.speedups, train.grad_ckpt, train.compile_backend) == ("sdpa,nosync", True, "cudagraphs")

@@ -209,3 +209,31 @@ def test_bad_input_fails_before_nemo_loads(fast_tiny_path, few_clips, tmp_path, 
     assert "line 2: not valid JSON" in lines[0]
     assert "Language not supported" in lines[1] and "de" in lines[1]
     assert "nemo imported: False torch imported: False" in proc.stdout
+
+
+def test_eval_decodes_longest_clips_first_in_the_asked_dtype_and_reports_in_manifest_order(
+        fast_tiny_path, demo, tmp_path) -> None:
+    """Batches of clips of similar length, longest first (little padding); bf16 holds the Linear and convolution
+    weights in bf16 under autocast; the report keeps the manifest's order."""
+    import torch
+
+    from common.data.loader import LoaderSettings, manifest_loader
+    from common.data.manifest import load_manifest
+    from common.quality.evaluate import EvalSettings, eval_dtype, prepare_for_decoding, run_eval
+    from tests.conftest import restore_tiny
+
+    manifest = load_manifest(demo.adapt_val)
+    model = restore_tiny(fast_tiny_path)
+    loader = manifest_loader(manifest, model, LoaderSettings(batch_size=3, sort_by_duration=True),
+                             data_dir=tmp_path / "cuts").loader
+    order = [c.duration for batch in loader for c in batch.cuts]
+    assert len(order) == len(manifest.entries) and order == sorted(order, reverse=True)
+    assert order != [e.duration for e in manifest.entries]  # the manifest itself is not in that order
+    assert eval_dtype(None) == torch.float32 and eval_dtype("bf16") == torch.bfloat16  # a CPU: fp32 by default
+    prepare_for_decoding(model, torch.bfloat16)
+    assert model.encoder.layers[0].self_attn.linear_q.weight.dtype == torch.bfloat16
+    assert model.transf_decoder._embedding.token_embedding.weight.dtype == torch.float32
+    result = run_eval(EvalSettings(nemo=str(fast_tiny_path), manifest=str(demo.adapt_val), bs=3, precision="bf16",
+                                   out=str(tmp_path / "out"), data_dir=str(tmp_path / "cuts")))
+    assert result["models"]["model"]["dtype"] == "bfloat16" and result["models"]["model"]["batch_size"] == 3
+    assert [r["audio_filepath"] for r in result["rows"]] == [str(e.audio_filepath) for e in manifest.entries]

@@ -91,6 +91,7 @@ def test_an_installed_but_broken_package_is_never_executed(tmp_path):
     (["--backend", "linear", "--bs", "4"], True),
     (["--full_finetune"], True),
     (["--backend", "linear", "--compile"], False),  # Inductor needs triton on a GPU
+    (["--backend", "linear", "--compile", "--compile_backend", "cudagraphs"], True),  # CUDA graphs need no triton
     (["--backend", "peft"], False),
     (["--backend=nemo"], False),
 ])

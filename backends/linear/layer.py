@@ -62,3 +62,26 @@ class LoRALinear(nn.Module):
 
     def extra_repr(self) -> str:
         return f"r={self.r}, scaling={self.scaling:g}, merged={self.merged}"
+
+
+def lora_together(layers: list[LoRALinear], x: torch.Tensor) -> list[torch.Tensor]:
+    """`[layer(x) for layer in layers]` for layers that share the input `x`, in fewer matrix products: one over
+    the concatenated frozen weights and one over the concatenated A's, then each layer's own B. The same function
+    as the separate calls (each adapter keeps its own weights); layers with LoRA dropout (one mask each), merged or
+    disabled ones, or a mix of biased and unbiased base layers are called one by one."""
+    bases = [layer.base_layer for layer in layers]
+    plain = all(layer.enabled and not layer.merged and isinstance(layer.lora_dropout, nn.Identity) for layer in layers)
+    biases = [base.bias for base in bases]
+    if not plain or len({b is None for b in biases}) > 1:
+        return [layer(x) for layer in layers]
+    bias = torch.cat(biases) if biases[0] is not None else None
+    y = nn.functional.linear(x, torch.cat([base.weight for base in bases]), bias)
+    a = torch.cat([layer.lora_A.weight for layer in layers])
+    autocast = torch.is_autocast_enabled()
+    h = nn.functional.linear(x, a if autocast else a.to(x.dtype))
+    outs = []
+    for layer, part, low in zip(layers, y.split([b.out_features for b in bases], dim=-1), h.split(
+            [layer.r for layer in layers], dim=-1)):
+        b = layer.lora_B.weight if autocast else layer.lora_B.weight.to(x.dtype)
+        outs.append(part + nn.functional.linear(low, b) * layer.scaling)
+    return outs

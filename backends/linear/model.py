@@ -1,6 +1,7 @@
 """Apply `LoRALinear` to the modules a regex list selects, and fold it back for export."""
 from __future__ import annotations
 
+import functools
 from typing import Any
 
 import torch
@@ -9,7 +10,7 @@ from torch import nn
 from backends.registry import AdapterSpec, Applied, copy_adapter_state, match_targets, set_submodule
 
 from .config import Config
-from .layer import LoRALinear
+from .layer import LoRALinear, lora_together
 
 
 def _lora_layers(model: nn.Module) -> list[tuple[str, LoRALinear]]:
@@ -53,6 +54,12 @@ class LinearBackend:
         for name, layer in layers:
             layer.merge()
             set_submodule(model, name, layer.base_layer)
+
+    def shared_input(self, modules: list[nn.Module]):
+        """For `--speedups qkv`: one call computing every module's output from their shared input, or None."""
+        if len(modules) < 2 or not all(isinstance(m, LoRALinear) for m in modules):
+            return None
+        return functools.partial(lora_together, list(modules))
 
     def describe(self, model: nn.Module) -> dict[str, Any]:
         layers = _lora_layers(model)

@@ -11,7 +11,11 @@ from common.errors import UserError
 FORWARD = "forward"  # not training: a no-grad forward pass of the same batch, for comparison
 
 
-SPECIAL_MODES = (registry.FULL, FORWARD)  # reference modes outside the backend registry
+# transformers' Canary port with PEFT LoRA, and its forward pass (common.bench.peer; its names, kept here so that
+# checking a configuration imports nothing heavy)
+PEER, PEER_FORWARD = "peer", "peer-forward"
+FORWARD_MODES = (FORWARD, PEER_FORWARD)  # no-grad forward passes: nothing trains, nothing compiles
+SPECIAL_MODES = (registry.FULL, FORWARD, PEER, PEER_FORWARD)  # reference modes outside the backend registry
 
 
 def _default(name: str):
@@ -36,6 +40,9 @@ class BenchConfig:
     lora_alpha: float = _default("lora_alpha")
     num_workers: int = 0
     base_dtype: str = _default("base_dtype")
+    speedups: tuple[str, ...] = ()  # --speedups names
+    grad_ckpt: bool = False
+    compile_backend: str = _default("compile_backend")
     tag: str = ""  # free text shown in the label, e.g. "largest"
 
     def __post_init__(self) -> None:
@@ -43,9 +50,15 @@ class BenchConfig:
         if self.mode not in registry.names() and self.mode not in SPECIAL_MODES:
             problems.append(f"mode {self.mode!r} is none of the backends ({', '.join(registry.names())}) or "
                             f"{', '.join(SPECIAL_MODES)}")
-        if self.compile and self.mode == FORWARD:
+        if self.compile and self.mode in FORWARD_MODES:
             problems.append("compile applies to training steps only (validation and decoding stay eager): a "
                             "compiled forward row would time the eager forward")
+        if self.mode in (PEER, PEER_FORWARD) and (self.speedups or self.grad_ckpt or
+                                                  self.compile_backend != _default("compile_backend")):
+            problems.append("the peer (transformers + PEFT) takes --compile and --cuda_graphs only: speed-ups, "
+                            "--grad_ckpt and --compile_backend are this project's")
+        if self.grad_ckpt and self.mode in FORWARD_MODES:
+            problems.append("--grad_ckpt saves memory for a backward pass: a forward row has none")
         problems += check_values(self.train_config(max_steps=1))
         if problems:
             raise UserError("Invalid bench configuration:\n" + "\n".join(f"  - {p}" for p in problems))
@@ -58,7 +71,8 @@ class BenchConfig:
             vram_budget_gb=self.vram_budget_gb, compile=self.compile, cuda_graphs=self.cuda_graphs,
             batch_duration=self.batch_duration, lora_r=self.lora_r, lora_alpha=self.lora_alpha, lora_dropout=0.0,
             num_workers=self.num_workers, base_dtype=self.base_dtype, max_steps=max_steps, lr=1e-4,
-            warmup_steps=0, sched="constant", seed=0, log="none")
+            warmup_steps=0, sched="constant", seed=0, log="none", speedups=",".join(self.speedups) or None,
+            grad_ckpt=self.grad_ckpt, compile_backend=self.compile_backend)
 
     @property
     def lightning_precision(self) -> str:
@@ -69,7 +83,9 @@ class BenchConfig:
         size = f"bd{self.batch_duration:g}s" if self.batch_duration else f"bs{self.bs}"
         parts = [self.mode, size + (f"x{self.accum}" if self.accum > 1 else "")]
         if self.compile:
-            parts.append("compile" if self.cuda_graphs else "compile no-graphs")
+            parts.append("compile cudagraphs-backend" if self.compile_backend == "cudagraphs" else
+                         "compile" if self.cuda_graphs else "compile no-graphs")
+        parts += [f"+{name}" for name in self.speedups] + (["+ckpt"] if self.grad_ckpt else [])
         if self.base_dtype != "auto":
             parts.append(f"{self.base_dtype}-base")
         if self.vram_budget_gb:

@@ -28,8 +28,20 @@ class NemoFactory:
 
     def count_tokens(self, text: str, lang: str = "ru") -> int:
         if self._count is None:
-            self._count = token_counter(self().tokenizer, lang)  # the model itself is dropped at once
+            tokenizer = self().tokenizer  # the model itself is dropped at once
+            self._count, self._vocab = token_counter(tokenizer, lang), tokenizer.vocab_size
         return self._count(text)
+
+    @property
+    def nemo_config(self) -> dict:
+        return self.info.config
+
+    @property
+    def vocab_size(self) -> int:
+        """The tokenizer's vocabulary size (the output head's width), for the peer's config."""
+        if self._count is None:
+            self.count_tokens("")
+        return self._vocab
 
 
 class StandInFactory:
@@ -50,6 +62,7 @@ class StandInFactory:
         tokenizer_cfg = {"dir": str(tok_dir), "type": "bpe", "custom_tokenizer": {
             "_target_": "nemo.collections.common.tokenizers.canary_tokenizer.CanaryBPETokenizer"}}
         self.cfg = model_config(SHAPES[preset], tokenizer_cfg, "canary2")
+        self.vocab_size = SHAPES[preset].vocab_size
         self.prompt_format = "canary2"
         self._on_gpu = True
         import sentencepiece as spm
@@ -58,6 +71,10 @@ class StandInFactory:
 
     def count_tokens(self, text: str, lang: str = "ru") -> int:
         return len(self._sp.encode(text))
+
+    @property
+    def nemo_config(self) -> dict:
+        return self.cfg
 
     def __call__(self):
         import torch
@@ -79,3 +96,27 @@ class StandInFactory:
                 torch.cuda.empty_cache()
         return EncDecMultiTaskModel(cfg=OmegaConf.create(self.cfg))
 
+
+DECODE_CAP = 8  # tokens past the encoder length: a random model never ends its transcript
+
+
+def cli_nemo(factory, work: Path) -> Path:
+    """The measured model as a `.nemo` the CLI can load (saved once per work folder), with greedy decoding capped
+    at DECODE_CAP tokens past the encoder length, so validating a random model does not run to the decoder's
+    limit. The tiny default is restored from its file, the canary-1b-v2 stand-in built (on the GPU) and saved."""
+    from omegaconf import open_dict
+
+    path = work / f"cli-{Path(str(factory.name)).stem.split(' ')[0]}.nemo"
+    if path.is_file():
+        return path
+    model = factory()
+    with open_dict(model.cfg):
+        decoding = model.cfg.get("decoding") or {}
+        for strategy in ("greedy", "beam"):
+            if strategy in decoding:
+                model.cfg.decoding[strategy].max_generation_delta = DECODE_CAP
+    tmp = path.with_suffix(".part.nemo")
+    model.save_to(str(tmp))
+    os.replace(tmp, path)
+    del model
+    return path

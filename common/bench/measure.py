@@ -23,6 +23,7 @@ from pathlib import Path
 from typing import Callable, Iterable
 
 from common.bench.config import FORWARD, BenchConfig
+from common.bench.peer import PEER, PEER_FORWARD, PEER_MODES
 from common.bench.synthetic import SyntheticSet
 from common.bench.steps import forward_steps, train_steps
 from common.errors import NonFiniteLoss, UserError
@@ -47,10 +48,11 @@ def _empty_row(cfg: BenchConfig, data: SyntheticSet, status: str, message: str =
         "bs": None if cfg.batch_duration else cfg.bs, "accum": cfg.accum,
         "eff_bs": None if cfg.batch_duration else cfg.bs * cfg.accum, "batch_duration": cfg.batch_duration,
         "precision": cfg.lightning_precision, "budget_gb": cfg.vram_budget_gb, "compile": cfg.compile,
+        "speedups": ",".join(cfg.speedups), "grad_ckpt": cfg.grad_ckpt, "compile_backend": cfg.compile_backend,
         "cuda_graphs": cfg.compile and cfg.cuda_graphs and not cfg.batch_duration and _cuda(), "status": status,
         "median_step_s": None, "first_step_s": None, "clips_per_step": None,
         "audio_per_step_s": None, "audio_s_per_s": None, "peak_gb": None, "trainable_params": None,
-        "step_over_fwd": None, "last_loss": None, "steps": 0, "wall_s": 0.0, "message": message,
+        "step_over_fwd": None, "vs_peer": None, "last_loss": None, "steps": 0, "wall_s": 0.0, "message": message,
     }
 
 
@@ -68,13 +70,29 @@ def fits(row: dict, peak_limit_gb: float | None = None) -> bool:
 
 
 def add_forward_ratios(rows: list[dict]) -> None:
-    """Set `step_over_fwd` on training rows: step time / (accum x forward time) at the same set and batch size."""
-    forward = {(r["set"], r["bs"], r["precision"]): r["median_step_s"] for r in rows
-               if r["mode"] == "forward" and r["status"] == "ok" and r["median_step_s"]}
+    """Set `step_over_fwd` on training rows: step time / (accum x forward time) at the same set and batch size,
+    the peer's against its own forward pass; and `vs_peer` on ours: audio s/s over the peer's at the same set,
+    batch and precision (training rows against the peer's step, forward rows against its forward pass)."""
+    def ok(r: dict) -> bool:
+        return r["status"] == "ok" and bool(r["median_step_s"])
+
+    def key(r: dict, mode: str, speedups: str = "") -> tuple:
+        return mode, r["set"], r["bs"], r["precision"], speedups
+
+    reference = {key(r, r["mode"], r.get("speedups", "")): r for r in rows
+                 if ok(r) and r["mode"] in (FORWARD, PEER, PEER_FORWARD)}
     for r in rows:
-        fwd = forward.get((r["set"], r["bs"], r["precision"]))
-        if r["mode"] != "forward" and r["status"] == "ok" and fwd and r["median_step_s"]:
-            r["step_over_fwd"] = round(r["median_step_s"] / (r["accum"] * fwd), 2)
+        if not ok(r):
+            continue
+        peer_mode = r["mode"] in PEER_MODES
+        # a row with speed-ups against the forward pass with the same ones where there is one, else the plain one
+        fwd = reference.get(key(r, FORWARD, r.get("speedups", ""))) if not peer_mode else None
+        fwd = fwd or reference.get(key(r, PEER_FORWARD if peer_mode else FORWARD))
+        if r["mode"] not in (FORWARD, PEER_FORWARD) and fwd:
+            r["step_over_fwd"] = round(r["median_step_s"] / (r["accum"] * fwd["median_step_s"]), 2)
+        peer = None if peer_mode else reference.get(key(r, PEER_FORWARD if r["mode"] == FORWARD else PEER))
+        if peer and peer.get("audio_s_per_s") and r.get("audio_s_per_s"):
+            r["vs_peer"] = round(r["audio_s_per_s"] / peer["audio_s_per_s"], 2)
 
 
 # ---------------------------------------------------------------------------------------------------------
@@ -131,7 +149,7 @@ def measure_one(model_factory: Callable[[], object], cfg: BenchConfig, data: Syn
     torch.set_float32_matmul_precision("high")
     result = None
     try:
-        result = _run_config(model_factory, cfg, manifest, warmup, steps, work_dir, profile_dir)
+        result = _run_config(model_factory, cfg, data, manifest, warmup, steps, work_dir, profile_dir)
     except KeyboardInterrupt:
         raise
     except Exception as e:  # noqa: BLE001 - one bad configuration must not end a long measuring run
@@ -149,8 +167,13 @@ def measure_one(model_factory: Callable[[], object], cfg: BenchConfig, data: Syn
     return row
 
 
-def _run_config(model_factory, cfg: BenchConfig, manifest, warmup: int, steps: int, work_dir: Path,
-                profile_dir: Path | None = None) -> dict:
+def _run_config(model_factory, cfg: BenchConfig, data: SyntheticSet, manifest, warmup: int, steps: int,
+                work_dir: Path, profile_dir: Path | None = None) -> dict:
+    if cfg.mode in PEER_MODES:  # transformers' model of the same shape: no NeMo model is built
+        from common.bench.peer import peer_steps
+
+        return peer_steps(cfg, model_factory.nemo_config, model_factory.vocab_size, data, warmup, steps,
+                          profile_dir)
     model = model_factory()
     if cfg.mode == FORWARD:
         return forward_steps(model, cfg, manifest, warmup, steps, work_dir)
@@ -178,6 +201,7 @@ def _fill(row: dict, result: dict, warmup: int) -> None:
     row["trainable_params"] = result["trainable_params"]
     if result.get("last_loss") is not None:  # the same seed and batches: compiled paths must train alike
         row["last_loss"] = round(float(result["last_loss"]), 4)
+    row.update(result.get("row", {}))  # what the step found out about itself (the peer compiles on a GPU only)
 
 
 class _Manifests:

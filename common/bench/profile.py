@@ -1,8 +1,11 @@
-"""Profiles of a measured configuration: Lightning's host time per action, and a torch.profiler summary of GPU
-time per kind of kernel (host time per operator on a CPU) over the last timed steps."""
+"""Profiles of a measured configuration: Lightning's host time per action, a torch.profiler summary of GPU time
+per kind of kernel (host time per operator on a CPU) over 3 steps after the timed ones, and, on a GPU, where in
+those steps the host waited for the device (torch's sync debug mode)."""
 from __future__ import annotations
 
 import re
+import warnings
+from collections import Counter
 from pathlib import Path
 
 from common.atomic import write_text
@@ -76,8 +79,9 @@ def kernel_report(events, steps: int, title: str) -> str:
 
 
 def kernel_profile(profile_dir: Path | None, cfg: BenchConfig, warmup: int, steps: int) -> list:
-    """With a profile folder: a callback that runs torch.profiler over the last (up to 3) timed optimizer steps
-    and writes kernels-<config>.txt. Profiling slows those steps: time configurations without it."""
+    """With a profile folder: a callback that runs torch.profiler over the last (up to 3) of `warmup + steps`
+    optimizer steps and writes kernels-<config>.txt. Profiling slows those steps: the bench profiles steps after
+    its timed ones."""
     if profile_dir is None:
         return []
     import torch
@@ -99,15 +103,17 @@ def kernel_profile(profile_dir: Path | None, cfg: BenchConfig, warmup: int, step
                     activities.append(torch.profiler.ProfilerActivity.CUDA)
                 device_sync()
                 self.prof = torch.profiler.profile(activities=activities)
+                self.syncs = SyncWatch()
                 self.prof.__enter__()
+                self.syncs.__enter__()
                 self.running = True
 
         def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx) -> None:
             if self.running and trainer.global_step == last:
                 device_sync()
                 self._stop()
-                path.parent.mkdir(parents=True, exist_ok=True)
                 write_text(path, kernel_report(self.prof.events(), last - first + 1, cfg.label))
+                self.syncs.write(Path(profile_dir), cfg.label, last - first + 1)
 
         def teardown(self, trainer, pl_module, stage) -> None:
             self._stop()  # a run that ended early: no report, but no profiler left running
@@ -115,7 +121,73 @@ def kernel_profile(profile_dir: Path | None, cfg: BenchConfig, warmup: int, step
         def _stop(self) -> None:
             if self.running:
                 self.running = False
+                self.syncs.__exit__(None, None, None)
                 self.prof.__exit__(None, None, None)
 
     return [KernelProfile()]
 
+
+
+def profiled(profile_dir: Path | None, label: str, step, steps: int = 3) -> None:
+    """Run `step()` `steps` more times under torch.profiler and write kernels-<label>.txt (for a step that is not
+    a Lightning fit, like the peer's); nothing without a profile folder."""
+    if profile_dir is None:
+        return
+    import torch
+
+    activities = [torch.profiler.ProfilerActivity.CPU]
+    if torch.cuda.is_available():
+        activities.append(torch.profiler.ProfilerActivity.CUDA)
+    device_sync()
+    with torch.profiler.profile(activities=activities) as prof, SyncWatch() as syncs:
+        for _ in range(steps):
+            step()
+        device_sync()
+    name = re.sub(r"[^A-Za-z0-9_.-]+", "_", label)
+    write_text(Path(profile_dir) / f"kernels-{name}.txt", kernel_report(prof.events(), steps, label))
+    syncs.write(Path(profile_dir), label, steps)
+
+
+class SyncWatch:
+    """While active on a GPU, every operation that makes the host wait for the device (torch's sync debug mode
+    warns on each), counted by the Python line that called it: what keeps the host from queueing the next step
+    while the device computes. Nothing to watch on a CPU."""
+
+    def __init__(self):
+        self.seen: Counter = Counter()
+        self._catch = None
+
+    def __enter__(self):
+        import torch
+
+        if torch.cuda.is_available():
+            self._catch = warnings.catch_warnings(record=True)
+            self._records = self._catch.__enter__()
+            warnings.simplefilter("always")
+            torch.cuda.set_sync_debug_mode("warn")
+        return self
+
+    def __exit__(self, *exc) -> None:
+        import torch
+
+        if self._catch is None:
+            return
+        torch.cuda.set_sync_debug_mode("default")
+        self._catch.__exit__(*exc)
+        self.seen.update(f"{w.filename}:{w.lineno}" for w in self._records if "synchroniz" in str(w.message))
+        self._catch = None
+
+    def write(self, profile_dir: Path, label: str, steps: int) -> None:
+        import torch
+
+        if torch.cuda.is_available():
+            write_text(profile_dir / f"syncs-{re.sub(r'[^A-Za-z0-9_.-]+', '_', label)}.txt",
+                       sync_report(self.seen, steps, label))
+
+
+def sync_report(seen: Counter, steps: int, title: str) -> str:
+    """Host syncs per optimizer step, by calling line, most frequent first."""
+    lines = [f"# {title}: host syncs (torch.cuda sync debug mode), per optimizer step (mean of {steps} steps)", "",
+             f"total {sum(seen.values()) / steps:.1f} per step", ""]
+    lines += [f"{count / steps:6.1f}  {where}" for where, count in seen.most_common(40)]
+    return "\n".join(lines) + "\n"

@@ -55,6 +55,8 @@ def _make_step_timer(warmup: int, total: int):
             if trainer.global_step == self._step_at_start:
                 return  # still accumulating
             n = len(self.step_s) + 1
+            if n > total:
+                return  # steps after the timed ones (profiled: see train_steps)
             if n in (1, warmup, total):
                 device_sync()
             now = time.perf_counter()
@@ -83,22 +85,23 @@ def train_steps(model, cfg: BenchConfig, manifest, warmup: int, steps: int, work
     from common.config import resolve_base_dtype
     from common.data.loader import LoaderSettings, manifest_loader
     from common.model.adapt import prepare
-    from common.model.compile import compile_for_training
+    from common.model.speedups import prepare_step
     from common.telemetry import MetricsLog
     from common.training.callbacks import MetricsCallback
     from common.training.trainer import make_module, make_trainer
 
-    train = cfg.train_config(max_steps=warmup + steps)
+    # with --profile, 3 more steps after the timed ones are profiled: profiling slows the steps it covers
+    extra = 3 if profile_dir else 0
+    train = cfg.train_config(max_steps=warmup + steps + extra)
     backend = None if train.full_finetune else registry.get(train.backend)
     precision = cfg.lightning_precision
     prepare(model, backend, train.adapter_spec(),
             base_dtype=resolve_base_dtype(train.base_dtype, precision, train.full_finetune))
     trainable = sum(p.numel() for p in model.parameters() if p.requires_grad)
     module = make_module(model, backend, train, meta={"backend": cfg.mode})
-    if train.compile:
-        graphs = compile_for_training(model, cuda_graphs=train.cuda_graphs, bucketed=train.batch_duration is not None)
-        if graphs is not None:
-            module.compiled_layers(cuda_graphs=graphs)
+    graphs = prepare_step(model, backend, train)  # --speedups, --grad_ckpt, --compile, as training applies them
+    if graphs is not None:
+        module.compiled_layers(cuda_graphs=graphs)
     # full batches only: a short last batch is a new shape, which a compiled model would recompile mid-timing
     settings = LoaderSettings(batch_size=train.bs, batch_duration=train.batch_duration, num_workers=train.num_workers,
                               seed=train.seed, drop_last=True, pin_memory=torch.cuda.is_available())
@@ -110,8 +113,8 @@ def train_steps(model, cfg: BenchConfig, manifest, warmup: int, steps: int, work
     tracker = MetricsCallback(MetricsLog(metrics), mem_every=0)
     trainer = make_trainer(
         train, precision=precision, root=work_dir, devices=1, num_nodes=1, strategy="auto",
-        callbacks=[tracker, timer, *kernel_profile(profile_dir, cfg, warmup, steps)], enable_checkpointing=False,
-        enable_progress_bar=False, limit_val_batches=0,
+        callbacks=[tracker, timer, *kernel_profile(profile_dir, cfg, warmup + steps, extra)],
+        enable_checkpointing=False, enable_progress_bar=False, limit_val_batches=0,
         # host time per Lightning action (forward, backward, optimizer, data): where a launch-bound step goes
         profiler=lightning_profiler(profile_dir, cfg) if profile_dir else None)
     if torch.cuda.is_available():
@@ -132,6 +135,7 @@ def forward_steps(model, cfg: BenchConfig, manifest, warmup: int, steps: int, wo
     from common.config import resolve_base_dtype
     from common.data.loader import LoaderSettings, manifest_loader
     from common.model.io import cast_frozen_base, freeze
+    from common.model.speedups import apply_speedups
     from common.model.steps import compute_loss
 
     device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
@@ -139,6 +143,8 @@ def forward_steps(model, cfg: BenchConfig, manifest, warmup: int, steps: int, wo
     freeze(model)
     if resolve_base_dtype(cfg.base_dtype, precision, False) == "bf16":  # the same weights the LoRA rows train on
         cast_frozen_base(model, torch.bfloat16)
+    for note in apply_speedups(model, None, cfg.speedups):  # sdpa and qkv change the forward pass too
+        print(f"[speedups] {note}", flush=True)
     model.to(device)
     model.eval()
     settings = LoaderSettings(batch_size=cfg.bs, batch_duration=cfg.batch_duration, num_workers=0, seed=0)

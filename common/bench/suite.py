@@ -13,10 +13,11 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from backends import registry
-from common.bench.config import FORWARD, SPECIAL_MODES, BenchConfig
+from common.bench.config import FORWARD, FORWARD_MODES, SPECIAL_MODES, BenchConfig
+from common.config import SPEEDUPS
 from common.errors import UserError
 
-SECTIONS = ("bench", "env12", "env48", "env48c", "perf")
+SECTIONS = ("bench", "env12", "env48", "env48c", "perf", "ddp", "firststep", "win12", "eval")
 DEFAULT_SECTIONS = ("bench", "env12", "env48", "env48c")
 
 
@@ -69,6 +70,12 @@ class Scale:
     ladder_warmup: int = 1
     ladder_steps: int = 2
     precision: str | None = None  # --precision of every row; None resolves as training does
+    ddp_steps: int = 30  # the CLI runs of `ddp`: optimizer steps, and those before the measured ones
+    ddp_warm: int = 10
+    win12_clips: tuple[float, float] = (20.0, 40.0)  # `win12`: clip lengths, and batch sizes at the shorter one
+    win12_sizes: tuple[int, int] = (8, 16)
+    eval_clips: tuple[float, float] = (2.0, 20.0)  # `eval`: clip lengths and count
+    eval_n: int = 256
 
     def row(self, mode: str, bs: int = 8, workers: int = 0, **kw) -> BenchConfig:
         return BenchConfig(mode, bs, precision=self.precision, num_workers=workers, **kw)
@@ -83,7 +90,8 @@ GPU = Scale(clip_s=15.0, n_clips=256, sizes=(8, 32), search_start=40, search_ste
 TINY = Scale(clip_s=2.0, n_clips=48, sizes=(2, 4), search_start=8, search_step=8, search_max=8,
              mixed=(1.0, 4.0), mixed_clips=48, batch_duration=8.0, budget_gb=None, peak_limit_gb=None,
              warmup=1, steps=3, env12_clips=(2.0, 4.0), env48_clip_s=4.0, env48_sizes=(2, 4),
-             env48_peak_limit_gb=None, env48_search_tries=0, ladder_steps=2,
+             env48_peak_limit_gb=None, env48_search_tries=0, ladder_steps=2, ddp_steps=6, ddp_warm=2,
+             win12_clips=(2.0, 4.0), win12_sizes=(2, 4), eval_clips=(1.0, 4.0), eval_n=8,
              precision="32")  # on a CPU bf16 autocast only slows the tiny model down
 
 
@@ -136,13 +144,23 @@ class Sets:
         return self._sets[key]
 
 
-def parse_configs(spec: str | None, scale: Scale) -> tuple[list[tuple[str, int, int]], bool, bool]:
-    """(mode, bs, accum) triples, whether to search the largest batch, whether to add the bucketed row."""
+# what a --configs item may add after '+': a --speedups name, --grad_ckpt, or --compile_backend cudagraphs
+OPTIONS = SPEEDUPS + ("ckpt", "cudagraphs")
+
+
+def option_settings(options: tuple[str, ...]) -> dict:
+    """BenchConfig fields for a --configs item's '+' options."""
+    return {"speedups": tuple(o for o in options if o in SPEEDUPS), "grad_ckpt": "ckpt" in options,
+            **({"compile_backend": "cudagraphs", "compile": True} if "cudagraphs" in options else {})}
+
+
+def parse_configs(spec: str | None, scale: Scale) -> tuple[list[tuple[str, int, int, tuple[str, ...]]], bool, bool]:
+    """(mode, bs, accum, options) items, whether to search the largest batch, whether to add the bucketed row."""
 
     known = modes()
     if not spec:
-        return [(m, bs, 1) for bs in scale.sizes for m in known], True, True
-    triples, largest, bucketed, problems = [], False, False, []
+        return [(m, bs, 1, ()) for bs in scale.sizes for m in known], True, True
+    items, largest, bucketed, problems = [], False, False, []
     for item in (s.strip() for s in spec.split(",") if s.strip()):
         if item == "largest":
             largest = True
@@ -150,21 +168,27 @@ def parse_configs(spec: str | None, scale: Scale) -> tuple[list[tuple[str, int, 
         if item == "bucketed":
             bucketed = True
             continue
-        mode, _, size = item.partition(":")
+        head, *options = item.split("+")
+        mode, _, size = head.partition(":")
         bs, _, accum = size.partition("x")
+        unknown = [o for o in options if o not in OPTIONS]
         if mode not in known:
             problems.append(f"{item!r}: unknown mode {mode!r} (known: {', '.join(known)}, largest, bucketed)")
         elif size and not (bs.isdigit() and int(bs) > 0 and (not accum or accum.isdigit() and int(accum) > 0)):
             problems.append(f"{item!r}: after ':' give a positive batch size, optionally x a positive number of "
                             f"accumulated micro-batches (e.g. linear:8x4)")
-        elif accum and mode == FORWARD:
-            problems.append(f"{item!r}: a forward pass accumulates nothing; give forward:BS")
+        elif accum and mode in FORWARD_MODES:
+            problems.append(f"{item!r}: a forward pass accumulates nothing; give {mode}:BS")
+        elif unknown:
+            problems.append(f"{item!r}: unknown option {', '.join(unknown)} after '+' (known: {', '.join(OPTIONS)}; "
+                            f"e.g. linear:32+sdpa+qkv)")
         else:
-            accum_n = int(accum) if accum else 1
-            triples += [(mode, int(bs), accum_n)] if bs else [(mode, b, 1) for b in scale.sizes]
+            accum_n, opts = (int(accum) if accum else 1), tuple(options)
+            items += [(mode, int(bs), accum_n, opts)] if bs else [(mode, b, 1, opts) for b in scale.sizes]
     if problems:
         raise UserError("--configs:\n" + "\n".join(f"  - {p}" for p in problems))
-    return sorted(triples, key=lambda t: (t[1], known.index(t[0]), t[2])), largest, bucketed
+    # by batch size, and in the order given within one size (a run cut short by its deadline keeps the first)
+    return sorted(items, key=lambda t: t[1]), largest, bucketed
 
 
 def bench_table(runner, sets: Sets, scale: Scale, workers: int, configs: str | None, add, *,
@@ -174,13 +198,14 @@ def bench_table(runner, sets: Sets, scale: Scale, workers: int, configs: str | N
     from common.bench.search import largest_batch
 
     def config(mode: str, bs: int = 8, **kw) -> BenchConfig:
-        train = mode != FORWARD
-        return scale.row(mode, bs, workers, compile=compiled and train, cuda_graphs=cuda_graphs, **kw)
+        train = mode not in FORWARD_MODES
+        return scale.row(mode, bs, workers, compile=kw.pop("compile", compiled) and train, cuda_graphs=cuda_graphs,
+                         **kw)
 
-    triples, largest, bucketed = parse_configs(configs, scale)
+    items, largest, bucketed = parse_configs(configs, scale)
     data = sets.get(scale.clip_s, scale.n_clips)
-    for mode, bs, accum in triples:
-        add(runner.run(config(mode, bs, accum=accum), data))
+    for mode, bs, accum, options in items:
+        add(runner.run(config(mode, bs, accum=accum, **option_settings(options)), data))
     notes = []
     if largest:
         rows, best = largest_batch(
@@ -291,6 +316,8 @@ def gpu_suite(args) -> int:
     unknown = [s for s in sections if s not in SECTIONS]
     if unknown:
         raise UserError(f"--sections: unknown {', '.join(unknown)}; choose from {', '.join(SECTIONS)}")
+    if "win12" in sections and len(sections) > 1:
+        raise UserError("--sections win12 blocks triton for the whole process, as on Windows: run it on its own")
     factory, scale, work, runner, workers = setup(args)
     sets = Sets(factory, work, scale)
     report = Report(args.out, "gpu_suite", f"Canary LoRA: speed and memory, {factory.name}")
@@ -309,6 +336,11 @@ def gpu_suite(args) -> int:
         "env48c": "48 GB envelope with the encoder and decoder layers compiled (torch.compile)",
         "perf": f"Speed changes at {scale.clip_s:g} s clips, bs {scale.sizes[-1]}: bf16 base -> compiled layers "
                 f"-> CUDA graphs; fp32 base (baseline) last",
+        "ddp": f"The training CLI on one and on several GPUs (DDP), bs {scale.sizes[-1]} per GPU{compiled}",
+        "firststep": f"First training step{compiled}: cold and warm compile cache (new processes)",
+        "win12": f"12 GB on the Windows path (triton blocked, {scale.env12_budget_gb:g} GB cap): CUDA graphs without "
+                 f"Inductor, --grad_ckpt",
+        "eval": "just eval against NeMo's transcribe(), same files and model",
     }
     print(f"[suite] sections: {', '.join(sections)}; output: {report.out_dir}/gpu_suite.md + .json", flush=True)
     import torch
@@ -330,6 +362,10 @@ def gpu_suite(args) -> int:
             section.notes += perf_changes(runner, sets, scale, workers, add)
         elif name == "env12":
             section.notes += envelope12(runner, sets, scale, workers, add)
+        elif name in ("ddp", "firststep", "win12", "eval"):
+            from common.bench.runs import process_section
+
+            section.notes += process_section(name, args, factory, sets, scale, work, runner, workers, add)
         else:
             section.notes += envelope48(runner, sets, scale, workers, add, compiled=name == "env48c", found=found)
         section.notes.append(f"Section time: {time.monotonic() - t:.0f} s.")

@@ -45,7 +45,7 @@ COLUMNS: tuple[tuple[str, str, str], ...] = (
     ("status", "status", "{}"), ("median_step_s", "step s", "{:.3f}"),
     ("first_step_s", "first step s", "{:.2f}"), ("audio_s_per_s", "audio s/s", "{:.1f}"),
     ("peak_gb", "peak GB", "{:.2f}"), ("trainable_params", "trainable", "{:,}"),
-    ("step_over_fwd", "step/fwd", "{:.2f}"), ("last_loss", "last loss", "{:.3f}"),
+    ("step_over_fwd", "step/fwd", "{:.2f}"), ("vs_peer", "ours/peer", "{:.2f}"), ("last_loss", "last loss", "{:.3f}"),
 )
 
 

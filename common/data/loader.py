@@ -109,13 +109,17 @@ class LoaderSettings:
     # most cuts the sampler's shuffle and bucketing buffers hold (None: Lhotse's 20000 and 10000); an endless mixed
     # stream caps them at its number of distinct cuts, since a buffer that holds every cut twice shuffles no better
     buffer_cuts: int | None = None
+    sort_by_duration: bool = False  # evaluation: longest clips first, so each batch pads little
 
 
 def make_loader(cuts_path: Path, tokenizer, prompt, settings: LoaderSettings, *, train: bool):
     """A DataLoader over the batches of a cut manifest, read lazily."""
     from lhotse import CutSet
 
-    return cuts_loader(CutSet.from_jsonl_lazy(cuts_path), tokenizer, prompt, settings, train=train)
+    cuts = CutSet.from_jsonl_lazy(cuts_path)
+    if settings.sort_by_duration and not train:  # evaluation: the whole set is read to sort it
+        cuts = cuts.to_eager().sort_by_duration(ascending=False)
+    return cuts_loader(cuts, tokenizer, prompt, settings, train=train)
 
 
 def cuts_loader(cuts, tokenizer, prompt, settings: LoaderSettings, *, train: bool):

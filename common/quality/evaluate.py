@@ -42,18 +42,20 @@ class EvalSettings:
                               "in eval.json); " + "; ".join(NORMALIZATION_NOTES.values()), choices=NORMALIZATIONS)
     beam: int | None = flag(None, "beam search of this width; unset: the model's own decoding (greedy for Canary)",
                             type=int)
-    bs: int = flag(8, "utterances per batch")
+    bs: int | None = flag(None, "utterances per batch (default: 32 on a GPU, 8 on the CPU); batches are formed "
+                                "from clips of similar length, longest first", type=int)
     out: str = flag(DEFAULT_OUT, "folder for eval.md and eval.json")
     max_duration: float = 40.0
     skip_bad: bool = False
     data_dir: str = "data"
     num_workers: int = 0
+    precision: str | None = None  # TrainConfig's --precision; None: bf16 on a GPU that has it, else 32
 
     def __post_init__(self) -> None:
         problems = [f"--{name} is required" for name in ("nemo", "manifest") if not getattr(self, name)]
         if self.beam is not None and self.beam < 1:
             problems.append(f"--beam must be >= 1, got {self.beam}")
-        if self.bs < 1:
+        if self.bs is not None and self.bs < 1:
             problems.append(f"--bs must be >= 1, got {self.bs}")
         if self.num_workers < 0:
             problems.append(f"--num_workers must be >= 0, got {self.num_workers}")
@@ -85,8 +87,41 @@ def set_decoding(model, beam: int | None) -> str:
     return decoding_label(model)
 
 
-def transcribe(model, loader, total: int, desc: str) -> list[dict]:
-    """Decode every batch of `loader` with the model's decoding; one dict per utterance, in loader order."""
+def eval_batch_size(bs: int | None) -> int:
+    import torch
+
+    return bs if bs is not None else 32 if torch.cuda.is_available() else 8
+
+
+def eval_dtype(precision: str | None):
+    """The dtype `just eval` decodes in: bf16 where the GPU has it (unless --precision 32), else fp32 (fp16 when
+    asked for). On a CPU, fp32 unless asked: bf16 is slower there."""
+    import torch
+
+    if precision is None:
+        cuda = torch.cuda.is_available()
+        return torch.bfloat16 if cuda and torch.cuda.is_bf16_supported() else torch.float32
+    return {"bf16": torch.bfloat16, "fp16": torch.float16, "16": torch.float16}.get(precision, torch.float32)
+
+
+def prepare_for_decoding(model, dtype) -> None:
+    """Eval mode, frozen, and in bf16/fp16 the Linear and convolution weights held in that dtype (the ops that
+    autocast computes in it anyway; norms, embeddings and the tied head stay fp32)."""
+    import torch
+
+    from common.model.io import cast_frozen_base, freeze
+
+    model.eval()
+    if dtype != torch.float32:
+        freeze(model)
+        cast_frozen_base(model, dtype)
+
+
+def transcribe(model, loader, total: int, desc: str, dtype=None) -> list[dict]:
+    """Decode every batch of `loader` with the model's decoding; one dict per utterance, in loader order.
+    `dtype` bf16 or fp16: under autocast on the model's device (see `prepare_for_decoding`)."""
+    import contextlib
+
     import torch
     from tqdm import tqdm
 
@@ -95,7 +130,10 @@ def transcribe(model, loader, total: int, desc: str) -> list[dict]:
     device = next(model.parameters()).device
     model.eval()
     rows: list[dict] = []
-    with torch.inference_mode(), tqdm(total=total, desc=desc, unit="utt", file=sys.stderr, dynamic_ncols=True) as bar:
+    autocast = (torch.autocast(device.type, dtype=dtype) if dtype in (torch.bfloat16, torch.float16)
+                else contextlib.nullcontext())
+    with torch.inference_mode(), autocast, tqdm(total=total, desc=desc, unit="utt", file=sys.stderr,
+                                                dynamic_ncols=True) as bar:
         for batch in loader:
             hyps = greedy_transcripts(model, to_device(batch, device))
             # the batch's cuts are padded to its longest clip: each clip's own duration comes from the cut set
@@ -136,10 +174,16 @@ def _evaluate_model(nemo: Path, info, manifest, args, desc: str) -> dict[str, An
     model = restore(nemo, map_location="cuda" if torch.cuda.is_available() else "cpu", info=info)
     load_s = time.time() - t0
     label = set_decoding(model, args.beam)
-    data = manifest_loader(manifest, model, LoaderSettings(batch_size=args.bs, num_workers=args.num_workers),
-                           data_dir=args.data_dir)
+    dtype = eval_dtype(args.precision)
+    prepare_for_decoding(model, dtype)
+    # longest clips first, batched with clips of similar length: little padding, and any out-of-memory at once
+    settings = LoaderSettings(batch_size=eval_batch_size(args.bs), num_workers=args.num_workers,
+                              sort_by_duration=True, pin_memory=torch.cuda.is_available())
+    data = manifest_loader(manifest, model, settings, data_dir=args.data_dir)
     t1 = time.time()
-    rows = transcribe(model, data.loader, total=data.clips, desc=desc)
+    rows = transcribe(model, data.loader, total=data.clips, desc=desc, dtype=dtype)
+    if torch.cuda.is_available():
+        torch.cuda.synchronize()
     decode_s = time.time() - t1
     facts = _cut_facts(data.cuts_path)
     rank = {cut_id: i for i, cut_id in enumerate(facts)}
@@ -150,7 +194,8 @@ def _evaluate_model(nemo: Path, info, manifest, args, desc: str) -> dict[str, An
     del model, data
     gc.collect()
     return {"nemo": str(nemo.resolve()), "decoding": label, "load_s": round(load_s, 2),
-            "decode_s": round(decode_s, 2), "rows": rows}
+            "decode_s": round(decode_s, 2), "dtype": str(dtype).replace("torch.", ""),
+            "batch_size": settings.batch_size, "rows": rows}
 
 
 def preflight(args: EvalSettings):

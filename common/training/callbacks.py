@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import math
+import time
 
 import torch
 from lightning.pytorch.callbacks import Callback
@@ -71,7 +72,7 @@ class MetricsCallback(Callback):
         alloc, peak = allocated_gb()
         self._pending.append({"step": step, "keys": list(parts), "values": stacked, "micro": self._micro,
                               "lr": trainer.optimizers[0].param_groups[0]["lr"], "epoch": trainer.current_epoch,
-                              "mem": alloc, "peak": peak})
+                              "mem": alloc, "peak": peak, **step_end_marker(device)})
         self._loss_sum, self._audio_sum, self._grad_norm, self._micro = None, None, None, 0
         due_mem = self.mem_every and step % self.mem_every == 0
         if len(self._pending) >= (self.sync_every or 1) or due_mem or step >= trainer.max_steps:
@@ -103,8 +104,9 @@ class MetricsCallback(Callback):
             return
         pending, self._pending = self._pending, []
         flat = torch.cat([p["values"] for p in pending]).tolist()  # the one host sync
+        ends = step_end_times(pending)
         offset = 0
-        for p in pending:
+        for p, end in zip(pending, ends):
             read = dict(zip(p["keys"], flat[offset: offset + len(p["keys"])]))
             offset += len(p["keys"])
             mean_loss = read["loss"] / p["micro"]
@@ -116,7 +118,7 @@ class MetricsCallback(Callback):
                 record = dict(loss=mean_loss, lr=p["lr"], audio_s=round(audio_s, 3), mem_gb=round(p["mem"], 4),
                               peak_gb=round(p["peak"], 4), **({"grad_norm": round(grad_norm, 6)}
                                                               if grad_norm is not None else {}))
-                self.metrics.write("train", step=step, epoch=p["epoch"], **record)
+                self.metrics.write("train", at=end, step=step, epoch=p["epoch"], **record)
                 to_loggers(trainer.loggers, step, record)
                 if self.mem_every and step % self.mem_every == 0:
                     print(mem_line(f"step{step}", memory_snapshot()), flush=True)
@@ -130,6 +132,34 @@ def to_loggers(loggers, step: int, record: dict) -> None:
     `train_loss`, logged by Lightning."""
     for logger in loggers:
         logger.log_metrics({f"train/{k}": v for k, v in record.items() if k != "loss"}, step=step)
+
+
+def step_end_marker(device: torch.device) -> dict:
+    """What tells, later, when a step ended: the host's clock now and, on a GPU, an event queued behind the step's
+    work. The host runs ahead of a GPU (nothing waits for it between reads), so its clock alone would date a step
+    when it was queued, and records read in one go would all carry the time of the read."""
+    marker = {"t": time.time()}
+    if device.type == "cuda":
+        marker["event"] = torch.cuda.Event(enable_timing=True)
+        marker["event"].record()
+    return marker
+
+
+def step_end_times(pending: list[dict]) -> list[float]:
+    """Wall-clock end of each pending step (`time.time()` values), read after the last one completed: the last
+    step's end, minus the device time between each step's event and the last one. Without events (a CPU, where
+    every step is read at once) the host's clock at each step's end."""
+    last = pending[-1].get("event") if pending else None
+    if last is None:
+        return [p["t"] for p in pending]
+    last.synchronize()  # queued right behind the values just read: a short wait, if any
+    now = time.time()
+    return end_times_from_events(now, [p["event"].elapsed_time(last) for p in pending])
+
+
+def end_times_from_events(now: float, ms_to_last: list[float]) -> list[float]:
+    """Step ends from the time the last step was seen complete and each step's device milliseconds before it."""
+    return [now - max(0.0, ms) / 1000.0 for ms in ms_to_last]
 
 
 def oom_message(cfg) -> str:

@@ -160,7 +160,7 @@ def adapt(r: Run) -> None:
     from backends import registry
     from common.config import resolve_base_dtype
     from common.model.adapt import prepare
-    from common.model.compile import compile_for_training
+    from common.model.speedups import prepare_step
     from common.training.trainer import make_module
 
     cfg = r.cfg
@@ -181,10 +181,9 @@ def adapt(r: Run) -> None:
                         "mix": [f"{s.path}:{s.weight:g}" for s in r.data.sources[1:]]},
                "describe": r.backend.describe(r.model) if r.backend else {}}
     r.module = make_module(r.model, r.backend, cfg, r.meta)
-    if cfg.compile:
-        graphs = compile_for_training(r.model, cuda_graphs=cfg.cuda_graphs, bucketed=cfg.batch_duration is not None)
-        if graphs is not None:
-            r.module.compiled_layers(cuda_graphs=graphs)
+    graphs = prepare_step(r.model, r.backend, cfg)  # --speedups, --grad_ckpt, --compile
+    if graphs is not None:
+        r.module.compiled_layers(cuda_graphs=graphs)
 
 
 # ---- the trainer, its callbacks and the loaders ---------------------------------------------------------------
