@@ -361,6 +361,7 @@ def test_parity_recipe_passes_and_writes_its_report(tmp_path):
 
 
 # ---- a new backend is one new folder --------------------------------------------------------------------------------
+@pytest.mark.slow  # a whole CLI scenario: the slow suite (just test-all)
 def test_a_copied_backend_folder_trains_with_no_other_edit(tmp_path, embedded):
     """Drop a copy of a backend into backends/<x>/ and train with --backend <x> through the real command line:
     the registry finds it, the CLI offers it, the run trains, exports and reports it."""

@@ -249,6 +249,7 @@ def _check_sweep(out: Path, n_runs: int) -> list[dict]:
     return rows
 
 
+@pytest.mark.slow  # a whole CLI scenario: the slow suite (just test-all)
 def test_sweep_tiny_two_runs(tmp_path):
     out = tmp_path / "sweep"
     run_recipe("sweep.py", "--lora_r", "8", "--lora_alpha", "16", "32", "--lora_dropout", "0.0",
@@ -265,6 +266,7 @@ def test_sweep_default_grid(tmp_path):
     assert {int(r["lora_r"]) for r in rows} == {8, 16}
 
 
+@pytest.mark.slow  # a whole CLI scenario: the slow suite (just test-all)
 def test_gpu_suite_structure_on_tiny(tmp_path):
     out = tmp_path / "suite"
     run_recipe("bench.py", "--gpu-suite", "--tiny", "--sections", "bench,env12,env48", "--configs",

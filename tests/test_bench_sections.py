@@ -20,6 +20,7 @@ def suite(tmp_path, *args: str, timeout: int = 1500) -> tuple[list[dict], str, s
     return doc["sections"], (out / "gpu_suite.md").read_text(encoding="utf-8"), text
 
 
+@pytest.mark.slow  # a whole CLI scenario: the slow suite (just test-all)
 def test_ddp_firststep_and_eval_sections(tmp_path):
     sections, md, _ = suite(tmp_path, "--sections", "ddp,firststep,eval", "--deadline_s", "3000")
     ddp, first, evals = (s["rows"] for s in sections)

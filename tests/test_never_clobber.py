@@ -36,7 +36,7 @@ def first(fast_tiny_path, demo, tmp_path_factory):
 def test_keep_last_keeps_the_newest_step_checkpoints(first):
     root, _ = first
     assert sorted(p.name for p in (root / "exp" / "checkpoints").iterdir()) == [
-        "last.ckpt", "step-2.ckpt", "step-3.ckpt"]
+        "best.ckpt", "last.ckpt", "step-2.ckpt", "step-3.ckpt"]  # best.ckpt: the selected pass, always kept
 
 
 def test_the_same_command_twice_leaves_the_first_run_byte_identical(first):
@@ -45,7 +45,7 @@ def test_the_same_command_twice_leaves_the_first_run_byte_identical(first):
     assert {Path(p).name for p in before} >= {"out.nemo", "adapters.safetensors", "metrics.jsonl", "run.json"}
     code, out = run(argv(root / "exp"), timeout=300)
     assert code == 2, out
-    assert f"--exp_dir {root / 'exp'} already holds a run (checkpoints/ (3 .ckpt), run.json, metrics.jsonl" in out
+    assert f"--exp_dir {root / 'exp'} already holds a run (checkpoints/ (4 .ckpt), run.json, metrics.jsonl" in out
     assert "--resume auto" in out and "--overwrite" in out and "nothing was changed" in out
     assert "Traceback" not in out
     assert _state(root / "exp", root / "models") == before
@@ -78,7 +78,7 @@ def test_overwrite_replaces_the_earlier_run_cleanly(first):
     assert code == 0, out
     assert "[run] --overwrite: removed " in out and "Traceback" not in out
     assert [r["step"] for r in train_records(exp)] == [1, 2]
-    assert sorted(p.name for p in (exp / "checkpoints").iterdir()) == ["last.ckpt", "step-2.ckpt"]
+    assert sorted(p.name for p in (exp / "checkpoints").iterdir()) == ["best.ckpt", "last.ckpt", "step-2.ckpt"]
     for path, stays in planted.items():
         assert path.exists() == stays, path
     assert (models / "out.nemo").read_bytes() != old_export
