@@ -5,7 +5,7 @@ It exits non-zero when its own goals fail: the adapted slice's WER down by at le
 regression set's up by at most 5%.
 
     just demo                      # defaults below
-    just demo --max_steps 600      # any finetune_canary.py flag passes through
+    just demo --max_steps 900      # any finetune_canary.py flag passes through
 """
 from __future__ import annotations
 
@@ -43,7 +43,12 @@ def restore_in_fresh_process(nemo: Path) -> bool:
             "m = M.restore_from(sys.argv[1], map_location='cpu'); "
             "print(f'[demo] fresh process restored {type(m).__name__} with', sum(p.numel() for p in m.parameters()), "
             "'parameters')")
-    return subprocess.run([sys.executable, "-c", code, str(nemo)], cwd=REPO, check=False).returncode == 0
+    # NeMo's start-up lines stay out of the console (as in training); they are shown when the restore fails
+    proc = subprocess.run([sys.executable, "-c", code, str(nemo)], cwd=REPO, check=False, capture_output=True,
+                          text=True)
+    shown = [line for line in proc.stdout.splitlines() if line.startswith("[demo]")]
+    print("\n".join(shown or [proc.stdout[-2000:], proc.stderr[-2000:]]), flush=True)
+    return proc.returncode == 0
 
 
 def main(argv: list[str] | None = None) -> int:
