@@ -13,6 +13,7 @@ import subprocess
 import sys
 from pathlib import Path
 
+from common.fmt import relative_change
 from common.rundir import REPO
 from recipes.entry import run_main
 
@@ -83,7 +84,7 @@ def change_line(before: dict, after: dict) -> float | None:
     if not before or not after:
         print("[demo]   (no before/after figures)")
         return None
-    rel = (after["val_wer"] - before["val_wer"]) / before["val_wer"] if before["val_wer"] else None
+    rel = relative_change(before["val_wer"], after["val_wer"])  # the rule the selection's guard applies
     print(f"[demo]   loss  before {before['val_loss']:.4f} -> after {after['val_loss']:.4f}")
     print(f"[demo]   WER   before {before['val_wer']:.4f} -> after {after['val_wer']:.4f}"
           + (f"  ({rel:+.1%} relative)" if rel is not None else ""))
